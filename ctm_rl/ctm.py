@@ -1,0 +1,143 @@
+"""The Continuous Thought Machine as a recurrent core for reinforcement learning.
+
+Each environment step runs ``ticks`` internal ticks on that step's features. The pre- and post-activation
+histories (the *traces*, each ``(batch, d_model, memory_length)``) persist across environment steps and are
+reset to learned start traces at episode starts. The only output is the synchronisation of neuron pairs
+over the post-activation window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ctm_rl.errors import ConfigError
+from ctm_rl.nlm import NeuronLevelModels
+from ctm_rl.synapses import build_synapses
+from ctm_rl.synchronisation import NEURON_SELECTIONS, Synchronisation
+
+Traces = tuple[torch.Tensor, torch.Tensor]
+"""(pre-activation trace, post-activation trace), each ``(batch, d_model, memory_length)``."""
+
+
+def check_ctm_config(
+    d_model: int, ticks: int, memory_length: int, nlm_hidden: int, synapse_depth: int, n_synch_out: int, neuron_select: str
+) -> None:
+    """Raise :class:`ConfigError` naming the first inconsistent CTM hyperparameter."""
+    positive = {"d_model": d_model, "ticks": ticks, "memory_length": memory_length, "synapse_depth": synapse_depth,
+                "n_synch_out": n_synch_out}
+    for name, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: pass {name}=1 or more.")
+    if not isinstance(nlm_hidden, int) or nlm_hidden < 0:
+        raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {nlm_hidden!r}.")
+    if n_synch_out > d_model:
+        raise ConfigError(
+            f"n_synch_out ({n_synch_out}) cannot exceed d_model ({d_model}): the synchronised neurons are drawn "
+            f"from the model's neurons. Fix: lower n_synch_out to at most {d_model} or raise d_model."
+        )
+    if neuron_select not in NEURON_SELECTIONS:
+        raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, got {neuron_select!r}.")
+
+
+class ContinuousThoughtMachine(nn.Module):
+    """A CTM whose traces carry across calls.
+
+    :param d_input: width of the features fed to the synapses each tick.
+    :param d_model: number of neurons ``D``.
+    :param ticks: internal ticks per environment step ``T``.
+    :param memory_length: length ``M`` of the pre- and post-activation traces.
+    :param nlm_hidden: hidden width of deep neuron-level models; 0 for shallow ones.
+    :param synapse_depth: 1 for two GLU blocks, more for a U-Net.
+    :param n_synch_out: neurons on each side of the output synchronisation pairs.
+    :param neuron_select: ``first-last``, ``random`` or ``random-pairing``.
+    """
+
+    def __init__(
+        self,
+        d_input: int,
+        d_model: int = 128,
+        ticks: int = 1,
+        memory_length: int = 10,
+        nlm_hidden: int = 4,
+        synapse_depth: int = 1,
+        n_synch_out: int = 16,
+        neuron_select: str = "first-last",
+    ) -> None:
+        super().__init__()
+        check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select)
+        self.d_model = d_model
+        self.ticks = ticks
+        self.memory_length = memory_length
+        self.synapses = build_synapses(d_input + d_model, d_model, synapse_depth)
+        self.nlms = NeuronLevelModels(d_model, memory_length, nlm_hidden)
+        self.synchronisation = Synchronisation(d_model, n_synch_out, neuron_select, memory_length)
+        bound = math.sqrt(1.0 / (d_model + memory_length))
+        self.start_pre_trace = nn.Parameter(torch.empty(d_model, memory_length).uniform_(-bound, bound))
+        self.start_post_trace = nn.Parameter(torch.empty(d_model, memory_length).uniform_(-bound, bound))
+
+    @property
+    def trace_size(self) -> int:
+        """Number of values in one flattened trace (``d_model * memory_length``)."""
+        return self.d_model * self.memory_length
+
+    @property
+    def output_size(self) -> int:
+        """Width of the synchronisation output."""
+        return self.synchronisation.size
+
+    def start_traces(self, batch_size: int) -> Traces:
+        """The learned start traces, expanded to a batch."""
+        shape = (batch_size, self.d_model, self.memory_length)
+        return self.start_pre_trace.expand(shape), self.start_post_trace.expand(shape)
+
+    def reset_traces(self, traces: Traces, episode_starts: torch.Tensor) -> Traces:
+        """Replace the traces of the batch entries whose episode starts by the learned start traces.
+
+        This is the only place where traces are reset, in the rollout and in the sequence replay alike.
+
+        :param traces: current traces, each ``(B, D, M)``.
+        :param episode_starts: ``(B,)``, 1 where a new episode starts.
+        """
+        starts = episode_starts.to(torch.bool).view(-1, 1, 1)
+        pre, post = traces
+        return torch.where(starts, self.start_pre_trace, pre), torch.where(starts, self.start_post_trace, post)
+
+    def think(self, features: torch.Tensor, traces: Traces) -> Traces:
+        """Run the internal ticks of one environment step.
+
+        :param features: ``(B, d_input)`` observation features.
+        :param traces: traces before the step.
+        :return: traces after the step.
+        """
+        pre, post = traces
+        for _ in range(self.ticks):
+            # --- Synapses: new pre-activations from the features and the latest post-activations ---
+            pre_activation = self.synapses(torch.cat((features, post[:, :, -1]), dim=-1))  # (B, D)
+            pre = torch.cat((pre[:, :, 1:], pre_activation.unsqueeze(-1)), dim=-1)  # (B, D, M)
+            # --- Neuron-level models: each neuron reads its own pre-activation history ---
+            post_activation = self.nlms(pre)  # (B, D)
+            post = torch.cat((post[:, :, 1:], post_activation.unsqueeze(-1)), dim=-1)  # (B, D, M)
+        return pre, post
+
+    def forward(
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, Traces]:
+        """Process a time-major sequence of environment steps.
+
+        :param features: ``(L, B, d_input)``, features of ``L`` consecutive steps of ``B`` sequences.
+        :param traces: traces before the first step, each ``(B, D, M)``.
+        :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
+        :return: synchronisation ``(L, B, output_size)`` and the traces after the last step.
+        """
+        outputs = []
+        for step_features, step_starts in zip(features, episode_starts):
+            # --- Reset to the learned start traces where an episode starts ---
+            traces = self.reset_traces(traces, step_starts)
+            # --- Internal ticks ---
+            traces = self.think(step_features, traces)
+            # --- Output synchronisation over the post-activation window ---
+            outputs.append(self.synchronisation(traces[1]))  # (B, P)
+        return torch.stack(outputs), traces

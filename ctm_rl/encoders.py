@@ -1,0 +1,131 @@
+"""Observation encoders (SB3 features extractors), chosen from the observation space.
+
+- flat vectors (Box, Discrete, MultiDiscrete, MultiBinary): two ``Linear -> GLU -> LayerNorm`` blocks;
+- MiniGrid's symbolic ``(view, view, 3)`` grid of (object, colour, state) indices: an embedding per index
+  plus a learned embedding per cell, projected per cell and flattened (``cells * d_input`` features);
+- RGB images: SB3's ``NatureCNN``;
+- Dict: one of the above per key, concatenated.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from torch import nn
+
+from ctm_rl.errors import UnsupportedSpaceError
+
+# Index ranges of MiniGrid's symbolic encoding (minigrid.core.constants).
+MINIGRID_OBJECTS, MINIGRID_COLOURS, MINIGRID_STATES = 11, 6, 3
+# NatureCNN's kernels need at least this many pixels per side.
+_MIN_CNN_SIDE = 36
+_FLAT_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def _projection(in_features: int, d_input: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, 2 * d_input), nn.GLU(dim=-1), nn.LayerNorm(d_input),
+        nn.Linear(d_input, 2 * d_input), nn.GLU(dim=-1), nn.LayerNorm(d_input),
+    )
+
+
+def is_symbolic_grid(space: gym.Space) -> bool:
+    """True for MiniGrid-style symbolic grids: an integer ``(H, W, 3)`` Box of (object, colour, state) indices,
+    with bounds inside MiniGrid's index ranges or too small to be an RGB image a CNN could read."""
+    if not (isinstance(space, spaces.Box) and len(space.shape) == 3 and space.shape[-1] == 3):
+        return False
+    if not np.issubdtype(space.dtype, np.integer):
+        return False
+    within_index_ranges = bool(np.all(space.high.reshape(-1, 3) < [MINIGRID_OBJECTS, MINIGRID_COLOURS, MINIGRID_STATES]))
+    return within_index_ranges or min(space.shape[:2]) < _MIN_CNN_SIDE
+
+
+class VectorEncoder(BaseFeaturesExtractor):
+    """Flattened observation -> ``d_input`` features.
+
+    :param observation_space: a Box, Discrete, MultiDiscrete or MultiBinary space.
+    :param d_input: output width.
+    """
+
+    def __init__(self, observation_space: gym.Space, d_input: int = 64) -> None:
+        super().__init__(observation_space, d_input)
+        self.net = nn.Sequential(nn.Flatten(), _projection(get_flattened_obs_dim(observation_space), d_input))
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.net(observations)
+
+
+class GridEncoder(BaseFeaturesExtractor):
+    """MiniGrid symbolic grid ``(B, H, W, 3)`` -> ``H * W * d_input`` features.
+
+    :param observation_space: an integer ``(H, W, 3)`` Box.
+    :param d_input: per-cell output width.
+    :param embedding_dim: width of each index embedding.
+    """
+
+    def __init__(self, observation_space: spaces.Box, d_input: int = 64, embedding_dim: int = 8) -> None:
+        height, width, _ = observation_space.shape
+        super().__init__(observation_space, height * width * d_input)
+        self.objects = nn.Embedding(MINIGRID_OBJECTS, embedding_dim)
+        self.colours = nn.Embedding(MINIGRID_COLOURS, embedding_dim)
+        self.states = nn.Embedding(MINIGRID_STATES, embedding_dim)
+        self.cells = nn.Parameter(torch.randn(height, width, embedding_dim))
+        self.project = _projection(4 * embedding_dim, d_input)
+        self.register_buffer("index_max", torch.tensor([MINIGRID_OBJECTS - 1, MINIGRID_COLOURS - 1, MINIGRID_STATES - 1]))
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        # SB3 hands observations over as floats; the grid holds small integer indices.
+        grid = torch.minimum(observations.long().clamp(min=0), self.index_max)  # (B, H, W, 3)
+        cells = torch.cat(
+            (
+                self.objects(grid[..., 0]),
+                self.colours(grid[..., 1]),
+                self.states(grid[..., 2]),
+                self.cells.expand(grid.shape[0], -1, -1, -1),
+            ),
+            dim=-1,
+        )  # (B, H, W, 4 * E)
+        return self.project(cells).flatten(1)  # (B, H * W * d_input)
+
+
+def _encoder_for(space: gym.Space, d_input: int, key: str | None = None) -> BaseFeaturesExtractor:
+    where = f" (key {key!r} of the Dict observation)" if key else ""
+    if is_symbolic_grid(space):
+        return GridEncoder(space, d_input)
+    if isinstance(space, spaces.Box) and is_image_space(space, check_channels=False):
+        if min(space.shape[1:] if space.shape[0] in (1, 3, 4) else space.shape[:2]) < _MIN_CNN_SIDE:
+            raise UnsupportedSpaceError(f"Image observation{where} {space} is smaller than {_MIN_CNN_SIDE} pixels per side.")
+        return NatureCNN(space, features_dim=d_input)
+    if isinstance(space, spaces.Box) or isinstance(space, _FLAT_SPACES):
+        return VectorEncoder(space, d_input)
+    raise UnsupportedSpaceError(
+        f"Unsupported observation space{where}: {space}. ctm-rl encodes Box, Discrete, MultiDiscrete, MultiBinary, "
+        "MiniGrid symbolic grids and Dicts of these. Fix: wrap the env so it observes one of these (for example "
+        "gymnasium.wrappers.FlattenObservation), or pass your own features_extractor_class in policy_kwargs."
+    )
+
+
+class ObservationEncoder(BaseFeaturesExtractor):
+    """Picks the encoder that suits the observation space; a Dict gets one encoder per key, concatenated.
+
+    :param observation_space: the environment's observation space.
+    :param d_input: output width of vector and image encoders, per-cell width of grid encoders.
+    """
+
+    def __init__(self, observation_space: gym.Space, d_input: int = 64) -> None:
+        if isinstance(observation_space, spaces.Dict):
+            encoders = {key: _encoder_for(space, d_input, key) for key, space in observation_space.spaces.items()}
+        else:
+            encoders = {"obs": _encoder_for(observation_space, d_input)}
+        super().__init__(observation_space, sum(e.features_dim for e in encoders.values()))
+        self.encoders = nn.ModuleDict(encoders)
+        self.is_dict = isinstance(observation_space, spaces.Dict)
+
+    def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.is_dict:
+            return self.encoders["obs"](observations)
+        return torch.cat([encoder(observations[key]) for key, encoder in self.encoders.items()], dim=-1)

@@ -1,0 +1,56 @@
+"""Neuron-level models: one private MLP per neuron over its own pre-activation history."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PrivateLinear(nn.Module):
+    """``n_neurons`` independent linear maps, one per neuron, applied in a single batched einsum.
+
+    :param n_neurons: number of neurons, each with its own weights.
+    :param in_features: input width per neuron.
+    :param out_features: output width per neuron.
+    """
+
+    def __init__(self, n_neurons: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features + out_features)
+        self.weight = nn.Parameter(torch.empty(n_neurons, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(n_neurons, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, D, in) -> (B, D, out)
+        return torch.einsum("bdi,dio->bdo", x, self.weight) + self.bias
+
+
+class NeuronLevelModels(nn.Module):
+    """Maps each neuron's pre-activation history to its next post-activation.
+
+    Deep NLMs (``hidden > 0``) are ``M -> 2H -GLU-> H -> 2 -GLU-> 1``; shallow ones are ``M -> 2 -GLU-> 1``.
+    Every neuron has its own weights.
+
+    :param n_neurons: number of neurons (``d_model``).
+    :param memory_length: length of the pre-activation history each neuron reads.
+    :param hidden: hidden width of deep NLMs; 0 for shallow NLMs.
+    """
+
+    def __init__(self, n_neurons: int, memory_length: int, hidden: int) -> None:
+        super().__init__()
+        if hidden > 0:
+            layers: list[nn.Module] = [
+                PrivateLinear(n_neurons, memory_length, 2 * hidden),
+                nn.GLU(dim=-1),
+                PrivateLinear(n_neurons, hidden, 2),
+                nn.GLU(dim=-1),
+            ]
+        else:
+            layers = [PrivateLinear(n_neurons, memory_length, 2), nn.GLU(dim=-1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pre_trace: torch.Tensor) -> torch.Tensor:
+        # pre_trace: (B, D, M) -> post-activation (B, D)
+        return self.layers(pre_trace).squeeze(-1)

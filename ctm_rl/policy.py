@@ -1,0 +1,209 @@
+"""``CtmPolicy``: the CTM as a recurrent policy for sb3-contrib's unmodified ``RecurrentPPO``.
+
+``RecurrentPPO`` keeps recurrent state as ``RNNStates(pi=(h, c), vf=(h, c))``, each ``(1, n_envs, hidden)``.
+The CTM's two traces travel in those slots, flattened: ``h`` holds the pre-activation trace and ``c`` the
+post-activation trace, ``hidden = d_model * memory_length``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from ctm_rl.ctm import ContinuousThoughtMachine, check_ctm_config
+from ctm_rl.encoders import ObservationEncoder
+from ctm_rl.errors import ConfigError
+from ctm_rl.synchronisation import synchronisation_size
+
+FlatTraces = tuple[torch.Tensor, torch.Tensor]
+"""Traces as ``RecurrentPPO`` stores them: (pre, post), each ``(1, n_seq, d_model * memory_length)``."""
+
+
+class RecurrentStateLayout(NamedTuple):
+    """What ``RecurrentPPO`` reads from ``policy.lstm_actor`` to size its state tensors and rollout buffer."""
+
+    num_layers: int
+    hidden_size: int
+
+
+class CtmPolicy(RecurrentActorCriticPolicy):
+    """Actor-critic policy whose recurrent core is a Continuous Thought Machine.
+
+    The actor and critic heads read the CTM's output synchronisation. Traces carry across environment steps
+    and are reset to the CTM's learned start traces at episode starts.
+
+    :param observation_space: observation space.
+    :param action_space: action space (Discrete, MultiDiscrete, MultiBinary or Box).
+    :param lr_schedule: learning-rate schedule.
+    :param d_model: number of CTM neurons.
+    :param d_input: width of the default encoder's features (per cell for MiniGrid grids).
+    :param ticks: internal ticks per environment step.
+    :param memory_length: length of the pre- and post-activation traces.
+    :param nlm_hidden: hidden width of deep neuron-level models; 0 for shallow ones.
+    :param synapse_depth: 1 for two GLU blocks, more for a U-Net.
+    :param n_synch_out: neurons on each side of the output synchronisation pairs.
+    :param neuron_select: ``first-last``, ``random`` or ``random-pairing``.
+    :param share_ctm: one CTM for actor and critic (True) or a separate CTM for the critic (False).
+    :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
+    :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
+    The remaining parameters are those of SB3's ``ActorCriticPolicy``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        d_model: int = 128,
+        d_input: int = 64,
+        ticks: int = 1,
+        memory_length: int = 10,
+        nlm_hidden: int = 4,
+        synapse_depth: int = 1,
+        n_synch_out: int = 16,
+        neuron_select: str = "first-last",
+        share_ctm: bool = True,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select)
+        if share_ctm and not share_features_extractor:
+            raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
+        self.ctm_kwargs = dict(
+            d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_hidden=nlm_hidden,
+            synapse_depth=synapse_depth, n_synch_out=n_synch_out, neuron_select=neuron_select,
+        )
+        self.d_input = d_input
+        self.share_ctm = share_ctm
+        if features_extractor_class is None:
+            features_extractor_class = ObservationEncoder
+            features_extractor_kwargs = {"d_input": d_input, **(features_extractor_kwargs or {})}
+        # The heads are built on the synchronisation width (RecurrentActorCriticPolicy._build_mlp_extractor).
+        self.lstm_output_dim = synchronisation_size(n_synch_out, neuron_select)
+        # Skip RecurrentActorCriticPolicy.__init__: it would build LSTMs this policy does not use.
+        ActorCriticPolicy.__init__(
+            self, observation_space, action_space, lr_schedule, net_arch, activation_fn, ortho_init, use_sde,
+            log_std_init, full_std, use_expln, squash_output, features_extractor_class, features_extractor_kwargs,
+            share_features_extractor, normalize_images, optimizer_class, optimizer_kwargs,
+        )
+        self.lstm_hidden_state_shape = (1, 1, self.ctm.trace_size)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        # The CTMs must exist before the parent builds the optimizer over all parameters.
+        self.ctm = ContinuousThoughtMachine(self.features_dim, **self.ctm_kwargs)
+        self.critic_ctm = None if self.share_ctm else ContinuousThoughtMachine(self.features_dim, **self.ctm_kwargs)
+        super()._build(lr_schedule)
+
+    @property
+    def lstm_actor(self) -> RecurrentStateLayout:
+        """The recurrent-state layout ``RecurrentPPO`` sizes its buffers from (one flattened trace per slot)."""
+        return RecurrentStateLayout(num_layers=1, hidden_size=self.ctm.trace_size)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(self.ctm_kwargs, d_input=self.d_input, share_ctm=self.share_ctm)
+        return data
+
+    # --- Recurrent core ---------------------------------------------------------------------------------
+
+    def _run_ctm(
+        self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, FlatTraces]:
+        """Run ``ctm`` over a batch of sequences laid out as ``RecurrentPPO`` does.
+
+        :param features: ``(n_seq * L, F)``, sequence-major.
+        :param traces: flat traces before each sequence, each ``(1, n_seq, D * M)``.
+        :param episode_starts: ``(n_seq * L,)``.
+        :return: synchronisation ``(n_seq * L, P)`` and the flat traces after the last step.
+        """
+        n_seq = traces[0].shape[1]
+        shape = (n_seq, ctm.d_model, ctm.memory_length)
+        pre, post = traces[0].reshape(shape), traces[1].reshape(shape)
+        features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
+        episode_starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)  # (L, n_seq)
+        synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts)  # (L, n_seq, P)
+        flat = (pre.reshape(1, n_seq, -1), post.reshape(1, n_seq, -1))
+        return synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1]), flat
+
+    def _latents(
+        self, obs: torch.Tensor, states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        latent_pi, traces_pi = self._run_ctm(self.ctm, pi_features, states.pi, episode_starts)
+        if self.critic_ctm is None:
+            latent_vf, traces_vf = latent_pi, traces_pi
+        else:
+            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, vf_features, states.vf, episode_starts)
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
+
+    # --- The hooks RecurrentPPO calls ---------------------------------------------------------------------
+
+    def forward(
+        self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RNNStates]:
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))
+        return actions, self.value_net(latent_vf), log_prob, states
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    def get_distribution(
+        self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor
+    ) -> tuple[Distribution, FlatTraces]:
+        features = BaseModel.extract_features(self, obs, self.pi_features_extractor)
+        latent_pi, traces = self._run_ctm(self.ctm, features, lstm_states, episode_starts)
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), traces
+
+    def predict_values(self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor) -> torch.Tensor:
+        features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
+        ctm = self.ctm if self.critic_ctm is None else self.critic_ctm
+        latent_vf, _ = self._run_ctm(ctm, features, lstm_states, episode_starts)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's ``predict``; ``state=None`` starts new episodes from the learned start traces."""
+        if state is None:
+            # The parent fills missing state with zeros; marking an episode start swaps in the start traces.
+            _, vectorized = self.obs_to_tensor(observation)
+            first = observation[next(iter(observation))] if isinstance(observation, dict) else observation
+            episode_start = np.ones(len(first) if vectorized else 1, dtype=bool)
+        return super().predict(observation, state, episode_start, deterministic)

@@ -1,0 +1,73 @@
+"""Output synchronisation: decay-weighted products of neuron pairs over the post-activation window."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
+
+
+def synchronisation_size(n_synch: int, neuron_select: str) -> int:
+    """Number of synchronisation values (neuron pairs) for a selection.
+
+    :param n_synch: number of neurons on each side of the pairs.
+    :param neuron_select: one of :data:`NEURON_SELECTIONS`.
+    """
+    return n_synch if neuron_select == "random-pairing" else n_synch * (n_synch + 1) // 2
+
+
+def select_pairs(d_model: int, n_synch: int, neuron_select: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left and right neuron index of every synchronised pair.
+
+    - ``first-last``: all pairs ``i <= j`` among the last ``n_synch`` neurons;
+    - ``random``: all pairs ``a <= b`` between ``n_synch`` random left and ``n_synch`` random right neurons;
+    - ``random-pairing``: ``n_synch`` pairs, random left neuron ``k`` with random right neuron ``k``.
+
+    Random draws use torch's global generator; the indices are buffers, so checkpoints restore them.
+    """
+    if neuron_select == "first-last":
+        left = right = torch.arange(d_model - n_synch, d_model)
+    else:
+        left = torch.randperm(d_model)[:n_synch]
+        right = torch.randperm(d_model)[:n_synch]
+    if neuron_select == "random-pairing":
+        return left, right
+    rows, cols = torch.triu_indices(n_synch, n_synch)
+    return left[rows], right[cols]
+
+
+class Synchronisation(nn.Module):
+    """``S_p = sum_t w_p(t) z_l(t) z_r(t) / sqrt(sum_t w_p(t))`` with ``w_p(t) = exp(-r_p * age(t))``.
+
+    ``r_p`` is a learned decay rate per pair, clamped to ``[0, max_decay]``.
+
+    :param d_model: number of neurons.
+    :param n_synch: neurons on each side of the pairs.
+    :param neuron_select: pair selection, one of :data:`NEURON_SELECTIONS`.
+    :param memory_length: length of the post-activation window.
+    :param max_decay: upper clamp of the decay rate.
+    """
+
+    def __init__(
+        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, max_decay: float = 4.0
+    ) -> None:
+        super().__init__()
+        left, right = select_pairs(d_model, n_synch, neuron_select)
+        self.register_buffer("left", left)
+        self.register_buffer("right", right)
+        # The newest column of the window has age 0.
+        self.register_buffer("age", torch.arange(memory_length - 1, -1, -1, dtype=torch.float32))
+        self.decay = nn.Parameter(torch.zeros(len(left)))
+        self.max_decay = max_decay
+
+    @property
+    def size(self) -> int:
+        return len(self.decay)
+
+    def forward(self, post_trace: torch.Tensor) -> torch.Tensor:
+        # post_trace: (B, D, M) -> synchronisation (B, P)
+        rate = self.decay.clamp(0.0, self.max_decay)
+        weights = torch.exp(-rate[:, None] * self.age[None, :])  # (P, M)
+        products = post_trace[:, self.left] * post_trace[:, self.right]  # (B, P, M)
+        return (products * weights).sum(-1) / weights.sum(-1).sqrt()
