@@ -1,0 +1,75 @@
+"""The LSTM baseline: sb3-contrib's own recurrent policy with the CTM's encoder and heads, sized to match
+a CTM configuration's parameter count."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from ctm_rl.encoders import ObservationEncoder
+from ctm_rl.policy import CtmPolicy
+
+# One LSTM shared by actor and critic, as in the CTM reference. Note that sb3-contrib trains a shared LSTM
+# with the actor's gradient only; pass enable_critic_lstm=True (and shared_lstm=False) for a separate one.
+LSTM_DEFAULTS: dict[str, Any] = {"shared_lstm": True, "enable_critic_lstm": False}
+
+
+def _constant_lr(_: float) -> float:
+    return 0.0
+
+
+def count_parameters(policy_class: type[ActorCriticPolicy], observation_space: gym.Space, action_space: gym.Space,
+                     **policy_kwargs: Any) -> int:
+    """Number of trainable parameters of a policy built for the given spaces."""
+    policy = policy_class(observation_space, action_space, _constant_lr, **policy_kwargs)
+    return sum(p.numel() for p in policy.parameters() if p.requires_grad)
+
+
+def lstm_policy_kwargs(lstm_hidden_size: int, d_input: int = 64, **overrides: Any) -> dict[str, Any]:
+    """Policy kwargs of the LSTM baseline: the CTM's default encoder with the same ``d_input``.
+
+    :param lstm_hidden_size: LSTM width.
+    :param d_input: encoder width, as for the CTM.
+    :param overrides: any other ``RecurrentActorCriticPolicy`` keyword argument.
+    """
+    return {
+        "lstm_hidden_size": lstm_hidden_size,
+        "features_extractor_class": ObservationEncoder,
+        "features_extractor_kwargs": {"d_input": d_input},
+        **LSTM_DEFAULTS,
+        **overrides,
+    }
+
+
+def match_lstm_hidden_size(observation_space: gym.Space, action_space: gym.Space, ctm_kwargs: dict[str, Any],
+                           lstm_overrides: dict[str, Any] | None = None) -> int:
+    """The ``lstm_hidden_size`` whose LSTM baseline has the parameter count closest to the CTM policy's.
+
+    An LSTM policy's parameter count is a quadratic in its hidden size (the LSTM's weights, plus the heads'
+    first layers), so three small builds determine it exactly; the best integer solution follows.
+
+    :param observation_space: observation space of the task.
+    :param action_space: action space of the task.
+    :param ctm_kwargs: ``CtmPolicy`` keyword arguments (``d_model``, ``d_input``, ...).
+    :param lstm_overrides: extra LSTM policy keyword arguments (``net_arch``, ``enable_critic_lstm``, ...).
+    """
+    target = count_parameters(CtmPolicy, observation_space, action_space, **ctm_kwargs)
+    d_input = ctm_kwargs.get("d_input", 64)
+    shared = {k: ctm_kwargs[k] for k in ("net_arch", "activation_fn") if k in ctm_kwargs}
+    overrides = {**shared, **(lstm_overrides or {})}
+
+    def lstm_count(hidden: int) -> int:
+        kwargs = lstm_policy_kwargs(hidden, d_input, **overrides)
+        return count_parameters(RecurrentActorCriticPolicy, observation_space, action_space, **kwargs)
+
+    p1, p2, p3 = lstm_count(1), lstm_count(2), lstm_count(3)
+    a = (p3 - 2 * p2 + p1) / 2
+    b = p2 - p1 - 3 * a
+    c = p1 - a - b
+    root = (-b + math.sqrt(b * b - 4 * a * (c - target))) / (2 * a)
+    candidates = [h for h in (math.floor(root), math.ceil(root)) if h >= 1] or [1]
+    return min(candidates, key=lambda h: abs(a * h * h + b * h + c - target))

@@ -1,0 +1,68 @@
+"""Loading saved agents with errors that say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.vec_env import VecEnv
+
+from ctm_rl.errors import CheckpointError
+
+_STEPS = re.compile(r"_(\d+)_steps\.zip$")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the most steps in ``run_dir/checkpoints``, else ``run_dir/model.zip``, else None."""
+    checkpoints = sorted(
+        (int(m.group(1)), path) for path in (run_dir / "checkpoints").glob("*.zip") if (m := _STEPS.search(path.name))
+    )
+    if checkpoints:
+        return checkpoints[-1][1]
+    model = run_dir / "model.zip"
+    return model if model.exists() else None
+
+
+def load_agent(path: str | Path, env: VecEnv | None = None, device: str = "auto",
+               expected_policy_kwargs: dict[str, Any] | None = None) -> RecurrentPPO:
+    """Load a ``RecurrentPPO`` agent saved by ``model.save``.
+
+    :param path: the ``.zip`` file.
+    :param env: environment to attach; its spaces must match the saved ones.
+    :param device: torch device.
+    :param expected_policy_kwargs: policy keyword arguments the checkpoint must have been saved with.
+    :raises CheckpointError: if the file is missing, corrupt, or does not match ``env`` or the expected kwargs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist. Fix: pass the path of a saved model .zip.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"Checkpoint {str(path)!r} is not a readable model archive ({error}). "
+                              "Fix: point to a .zip written by model.save or the training command.") from None
+    if damaged is not None or not {"data", "policy.pth"} <= names:
+        what = f"member {damaged!r} is damaged" if damaged else "it lacks 'data' or 'policy.pth'"
+        raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt: {what}. Fix: use another checkpoint of the run.")
+    try:
+        model = RecurrentPPO.load(path, env=env, device=device)
+    except ValueError as error:  # SB3 reports space mismatches as ValueError
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not match the environment: {error}") from None
+    except (RuntimeError, KeyError, EOFError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"Checkpoint {str(path)!r} could not be restored: {error}") from None
+    saved = model.policy_kwargs
+    differing = {
+        key: (saved.get(key), value)
+        for key, value in (expected_policy_kwargs or {}).items()
+        if key in saved and saved[key] != value
+    }
+    if differing:
+        details = ", ".join(f"{key}: saved {old!r}, requested {new!r}" for key, (old, new) in differing.items())
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not match the requested model ({details}). "
+                              "Fix: resume with the run's own config, or start a new run.")
+    return model

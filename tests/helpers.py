@@ -1,0 +1,26 @@
+"""Shared builders for the policy tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sb3_contrib import RecurrentPPO
+
+from ctm_rl import CtmPolicy
+from envs import make_env
+
+SMALL_CTM = dict(d_model=32, d_input=16, memory_length=4, nlm_hidden=2, n_synch_out=6)
+
+
+def small_model(env: str = "CartPole-NoVel", n_envs: int = 4, n_steps: int = 32, seed: int = 0,
+                policy_class: type = CtmPolicy, max_steps: int | None = None, **policy_kwargs: Any) -> RecurrentPPO:
+    kwargs = SMALL_CTM | policy_kwargs if policy_class is CtmPolicy else policy_kwargs
+    return RecurrentPPO(policy_class, make_env(env, n_envs=n_envs, seed=seed, max_steps=max_steps), n_steps=n_steps,
+                        batch_size=n_steps * n_envs // 2, n_epochs=1, seed=seed, policy_kwargs=kwargs)
+
+
+def collect_rollout(model: RecurrentPPO) -> None:
+    """Fill the model's rollout buffer once with its current policy, without training."""
+    _, callback = model._setup_learn(model.n_steps * model.n_envs, callback=None)
+    callback.on_training_start(locals(), globals())
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)

@@ -1,0 +1,108 @@
+"""The CTM core: shapes, private neuron-level models, synchronisation, trace reset and carry."""
+
+import pytest
+import torch
+
+from ctm_rl import ConfigError, ContinuousThoughtMachine
+from ctm_rl.nlm import NeuronLevelModels
+from ctm_rl.synchronisation import Synchronisation, synchronisation_size
+
+
+@pytest.mark.parametrize("neuron_select, expected", [("first-last", 36), ("random", 36), ("random-pairing", 8)])
+@pytest.mark.parametrize("synapse_depth", [1, 3])
+@pytest.mark.parametrize("nlm_hidden", [0, 4])
+def test_output_shapes(neuron_select, expected, synapse_depth, nlm_hidden):
+    ctm = ContinuousThoughtMachine(6, d_model=32, ticks=2, memory_length=5, nlm_hidden=nlm_hidden,
+                                   synapse_depth=synapse_depth, n_synch_out=8, neuron_select=neuron_select)
+    sync, (pre, post) = ctm(torch.randn(3, 4, 6), ctm.start_traces(4), torch.zeros(3, 4))
+    assert ctm.output_size == expected == synchronisation_size(8, neuron_select)
+    assert sync.shape == (3, 4, expected)
+    assert pre.shape == post.shape == (4, 32, 5)
+    assert torch.isfinite(sync).all()
+
+
+def test_neuron_level_models_are_private():
+    nlms = NeuronLevelModels(n_neurons=5, memory_length=4, hidden=3)
+    history = torch.randn(2, 5, 4)
+    before = nlms(history)
+    with torch.no_grad():
+        nlms.layers[0].weight[2].add_(1.0)  # change neuron 2's own model only
+    after = nlms(history)
+    changed = (after - before).abs().sum(0) > 0
+    assert changed.tolist() == [False, False, True, False, False]
+
+
+def test_neuron_level_model_reads_only_its_own_history():
+    nlms = NeuronLevelModels(n_neurons=4, memory_length=3, hidden=0)
+    history = torch.randn(1, 4, 3)
+    edited = history.clone()
+    edited[0, 1] += 5.0
+    changed = (nlms(edited) - nlms(history)).abs()[0] > 0
+    assert changed.tolist() == [False, True, False, False]
+
+
+def test_synchronisation_matches_definition():
+    torch.manual_seed(1)
+    sync = Synchronisation(d_model=6, n_synch=3, neuron_select="random", memory_length=4)
+    with torch.no_grad():
+        sync.decay.copy_(torch.linspace(-1.0, 6.0, sync.size))  # exercises both clamp limits
+    post = torch.randn(2, 6, 4)
+    expected = torch.zeros(2, sync.size)
+    for p, (i, j) in enumerate(zip(sync.left.tolist(), sync.right.tolist())):
+        rate = min(max(sync.decay[p].item(), 0.0), 4.0)
+        weights = torch.tensor([torch.exp(torch.tensor(-rate * (3 - t))).item() for t in range(4)])
+        expected[:, p] = (weights * post[:, i] * post[:, j]).sum(-1) / weights.sum().sqrt()
+    assert torch.allclose(sync(post), expected, atol=1e-6)
+
+
+def test_first_last_pairs_are_upper_triangle_of_last_neurons():
+    sync = Synchronisation(d_model=10, n_synch=3, neuron_select="first-last", memory_length=2)
+    pairs = set(zip(sync.left.tolist(), sync.right.tolist()))
+    assert pairs == {(i, j) for i in range(7, 10) for j in range(7, 10) if i <= j}
+
+
+def test_reset_replaces_only_starting_entries_with_learned_start_traces():
+    ctm = ContinuousThoughtMachine(4, d_model=8, memory_length=3, n_synch_out=4)
+    traces = (torch.randn(3, 8, 3), torch.randn(3, 8, 3))
+    pre, post = ctm.reset_traces(traces, torch.tensor([1.0, 0.0, 1.0]))
+    for b in (0, 2):
+        assert torch.equal(pre[b], ctm.start_pre_trace) and torch.equal(post[b], ctm.start_post_trace)
+    assert torch.equal(pre[1], traces[0][1]) and torch.equal(post[1], traces[1][1])
+
+
+def test_traces_carry_across_calls():
+    ctm = ContinuousThoughtMachine(4, d_model=16, ticks=2, memory_length=4, n_synch_out=4)
+    features, starts = torch.randn(6, 2, 4), torch.zeros(6, 2)
+    starts[0] = 1.0
+    starts[3, 1] = 1.0  # one sequence starts a new episode halfway
+    whole, traces_whole = ctm(features, ctm.start_traces(2), starts)
+    first, traces_mid = ctm(features[:3], ctm.start_traces(2), starts[:3])
+    second, traces_end = ctm(features[3:], traces_mid, starts[3:])
+    assert torch.allclose(whole, torch.cat([first, second]), atol=1e-6)
+    assert torch.allclose(traces_whole[1], traces_end[1], atol=1e-6)
+    # Without the carried traces the second half would differ.
+    fresh, _ = ctm(features[3:], ctm.start_traces(2), starts[3:])
+    assert not torch.allclose(fresh[:, 0], second[:, 0], atol=1e-4)
+
+
+def test_start_traces_and_decay_receive_gradients():
+    ctm = ContinuousThoughtMachine(4, d_model=8, memory_length=3, n_synch_out=4)
+    with torch.no_grad():
+        ctm.synchronisation.decay.fill_(0.5)  # inside the clamp range
+    sync, _ = ctm(torch.randn(2, 3, 4), (torch.zeros(3, 8, 3), torch.zeros(3, 8, 3)), torch.ones(2, 3))
+    sync.pow(2).sum().backward()
+    assert ctm.start_pre_trace.grad.abs().sum() > 0
+    assert ctm.start_post_trace.grad.abs().sum() > 0
+    assert ctm.synchronisation.decay.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(d_model=8, n_synch_out=9), "n_synch_out (9) cannot exceed d_model (8)"),
+    (dict(memory_length=0), "memory_length must be an integer >= 1"),
+    (dict(ticks=0), "ticks must be an integer >= 1"),
+    (dict(nlm_hidden=-1), "nlm_hidden must be an integer >= 0"),
+    (dict(neuron_select="all"), "neuron_select must be one of"),
+])
+def test_bad_hyperparameters_raise_clear_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ContinuousThoughtMachine(4, **kwargs)

@@ -1,0 +1,210 @@
+"""CtmPolicy with the unmodified sb3-contrib RecurrentPPO: replay, resets, save/load, spaces, extractors."""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from helpers import SMALL_CTM, collect_rollout, small_model
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+
+from ctm_rl import CtmPolicy, UnsupportedSpaceError
+from ctm_rl.encoders import GridEncoder, ObservationEncoder, VectorEncoder
+
+REPLAY_CASES = [
+    pytest.param("CartPole-NoVel", {}, id="cartpole-shared"),
+    pytest.param("CartPole-NoVel", dict(ticks=2, share_ctm=False, share_features_extractor=False), id="separate-critic-2ticks"),
+    pytest.param("MiniGrid-Empty-5x5", dict(neuron_select="random", synapse_depth=2, max_steps=10), id="minigrid-unet"),
+]
+
+
+def _discrete_actions(model, actions):
+    return actions.long().flatten() if isinstance(model.action_space, spaces.Discrete) else actions
+
+
+@pytest.mark.parametrize("env, policy_kwargs", REPLAY_CASES)
+def test_sequence_replay_reproduces_rollout(env, policy_kwargs):
+    model = small_model(env, **policy_kwargs)
+    collect_rollout(model)
+    buffer = model.rollout_buffer
+    assert buffer.episode_starts[1:].sum() > 0, "the rollout must contain episode starts"
+    with torch.no_grad():
+        for batch in buffer.get(batch_size=48):
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, _discrete_actions(model, batch.actions), batch.lstm_states, batch.episode_starts)
+            mask = batch.mask > 0
+            assert torch.allclose(log_prob[mask], batch.old_log_prob[mask], atol=1e-5)
+            assert torch.allclose(values.flatten()[mask], batch.old_values[mask], atol=1e-5)
+            assert torch.allclose(torch.exp(log_prob - batch.old_log_prob)[mask], torch.ones(int(mask.sum())), atol=1e-5)
+
+
+def test_whole_env_trajectories_replay_across_episode_starts():
+    """Each env's full rollout replayed as one sequence, crossing several episode starts."""
+    model = small_model("CartPole-NoVel", n_steps=64)
+    initial_states = model._last_lstm_states
+    collect_rollout(model)
+    buffer = model.rollout_buffer
+    starts = buffer.episode_starts  # (n_steps, n_envs)
+    assert (starts[1:].sum(0) >= 2).all(), "every env should cross at least two episode starts"
+    to_tensor = lambda array: torch.as_tensor(np.swapaxes(array, 0, 1).reshape(-1, *array.shape[2:]))
+    with torch.no_grad():
+        values, log_prob, _ = model.policy.evaluate_actions(
+            to_tensor(buffer.observations), to_tensor(buffer.actions).long().flatten(), initial_states,
+            to_tensor(starts))
+    assert torch.allclose(log_prob, to_tensor(buffer.log_probs), atol=1e-5)
+    assert torch.allclose(values.flatten(), to_tensor(buffer.values), atol=1e-5)
+
+
+def _flat_start_traces(policy, n_envs):
+    pre, post = policy.ctm.start_traces(n_envs)
+    return pre.reshape(1, n_envs, -1), post.reshape(1, n_envs, -1)
+
+
+def test_episode_start_resets_to_learned_start_traces():
+    model = small_model()
+    policy = model.policy
+    obs = torch.as_tensor(model.env.reset())
+    garbage = (torch.randn(1, 4, policy.ctm.trace_size), torch.randn(1, 4, policy.ctm.trace_size))
+    start = _flat_start_traces(policy, 4)
+    with torch.no_grad():
+        _, traces_from_reset = policy.get_distribution(obs, garbage, torch.ones(4))
+        _, traces_from_start = policy.get_distribution(obs, start, torch.zeros(4))
+    for a, b in zip(traces_from_reset, traces_from_start):
+        assert torch.equal(a, b)
+    # The reset really replaced the incoming traces: the newest column is new, the older ones are learned.
+    pre = traces_from_reset[0].reshape(4, policy.ctm.d_model, policy.ctm.memory_length)
+    assert torch.equal(pre[:, :, :-1], policy.ctm.start_pre_trace[:, 1:].expand(4, -1, -1))
+
+
+def test_traces_continue_without_episode_start():
+    model = small_model()
+    policy = model.policy
+    obs = torch.as_tensor(model.env.reset())
+    with torch.no_grad():
+        _, after_one = policy.get_distribution(obs, _flat_start_traces(policy, 4), torch.ones(4))
+        _, after_two = policy.get_distribution(obs, after_one, torch.zeros(4))
+        dist_carried, _ = policy.get_distribution(obs, after_one, torch.zeros(4))
+        dist_reset, _ = policy.get_distribution(obs, after_one, torch.ones(4))
+    pre_one = after_one[0].reshape(4, policy.ctm.d_model, -1)
+    pre_two = after_two[0].reshape(4, policy.ctm.d_model, -1)
+    assert torch.equal(pre_two[:, :, :-1], pre_one[:, :, 1:])  # the window slid by one tick
+    assert not torch.allclose(dist_carried.distribution.logits, dist_reset.distribution.logits)
+
+
+def test_predict_without_state_starts_from_learned_traces():
+    model = small_model()
+    obs = model.env.reset()
+    actions_none, state_none = model.predict(obs, state=None, deterministic=True)
+    start = tuple(t.numpy() for t in _flat_start_traces(model.policy, 4))
+    actions_start, state_start = model.predict(obs, state=start, episode_start=np.zeros(4), deterministic=True)
+    np.testing.assert_array_equal(actions_none, actions_start)
+    np.testing.assert_allclose(state_none[1], state_start[1], atol=1e-6)
+    single, _ = model.predict(obs[0], deterministic=True)  # a single, non-vectorised observation
+    assert np.shape(single) == ()
+
+
+def test_save_load_round_trip_gives_identical_actions(tmp_path):
+    model = small_model(ticks=2)
+    model.learn(256)
+    model.save(tmp_path / "model.zip")
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", env=model.env)
+    assert isinstance(loaded.policy, CtmPolicy)
+    assert loaded.policy.ctm.ticks == 2 and loaded.policy.ctm.d_model == SMALL_CTM["d_model"]
+    obs = model.env.reset()
+    state_a = state_b = None
+    starts = np.ones(4, dtype=bool)
+    for _ in range(12):
+        actions_a, state_a = model.predict(obs, state_a, starts, deterministic=True)
+        actions_b, state_b = loaded.predict(obs, state_b, starts, deterministic=True)
+        np.testing.assert_array_equal(actions_a, actions_b)
+        np.testing.assert_array_equal(state_a[0], state_b[0])
+        obs, _, starts, _ = model.env.step(actions_a)
+    for key, value in model.policy.state_dict().items():
+        assert torch.equal(value, loaded.policy.state_dict()[key]), key
+
+
+def test_shared_ctm_stores_one_core_and_equal_critic_traces():
+    model = small_model()
+    assert model.policy.critic_ctm is None
+    separate = small_model(share_ctm=False)
+    n_shared = sum(p.numel() for p in model.policy.ctm.parameters())
+    total_diff = sum(p.numel() for p in separate.policy.parameters()) - sum(p.numel() for p in model.policy.parameters())
+    assert total_diff == n_shared
+    collect_rollout(model)
+    np.testing.assert_array_equal(model.rollout_buffer.hidden_states_pi, model.rollout_buffer.hidden_states_vf)
+
+
+@pytest.mark.parametrize("action_kind", ["discrete", "multidiscrete", "box"])
+def test_action_spaces_train_and_evaluate(action_kind):
+    model = RecurrentPPO(CtmPolicy, _toy_env(action_kind), n_steps=16, batch_size=32, n_epochs=2,
+                         policy_kwargs=SMALL_CTM, seed=0)
+    model.learn(128)
+    mean, _ = evaluate_policy(model, model.env, n_eval_episodes=4)
+    assert 0.0 <= mean <= 1.0
+    actions, _ = model.predict(model.env.reset(), deterministic=True)
+    assert model.action_space.contains(actions[0])
+
+
+def _toy_env(action_kind):
+    from envs import make_env
+
+    return make_env("toy_envs:CueRecall", n_envs=2, seed=0, env_kwargs={"action_kind": action_kind})
+
+
+@pytest.mark.parametrize("space, encoder_type, features_dim", [
+    (spaces.Box(-1, 1, (4,)), VectorEncoder, 16),
+    (spaces.Box(0, 255, (7, 7, 3), np.uint8), GridEncoder, 7 * 7 * 16),
+    (spaces.Box(0, 255, (3, 40, 40), np.uint8), NatureCNN, 16),
+    (spaces.MultiDiscrete([3, 4]), VectorEncoder, 16),
+])
+def test_encoder_is_chosen_from_the_observation_space(space, encoder_type, features_dim):
+    encoder = ObservationEncoder(space, d_input=16)
+    assert isinstance(encoder.encoders["obs"], encoder_type)
+    assert encoder.features_dim == features_dim
+
+
+def test_dict_observation_combines_encoders():
+    space = spaces.Dict({"grid": spaces.Box(0, 10, (5, 5, 3), np.uint8), "vec": spaces.Box(-1, 1, (3,))})
+    model = RecurrentPPO(CtmPolicy, _dict_env(space), n_steps=8, batch_size=8, policy_kwargs=SMALL_CTM)
+    encoder = model.policy.features_extractor
+    assert isinstance(encoder.encoders["grid"], GridEncoder) and isinstance(encoder.encoders["vec"], VectorEncoder)
+    assert encoder.features_dim == 25 * 16 + 16
+    model.learn(16)
+
+
+def _dict_env(space):
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    class DictEnv(gym.Env):
+        observation_space, action_space = space, spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, bool(self.np_random.random() < 0.2), False, {}
+
+    return DummyVecEnv([DictEnv])
+
+
+def test_user_features_extractor_is_used():
+    class Doubler(BaseFeaturesExtractor):
+        def __init__(self, observation_space, width=7):
+            super().__init__(observation_space, width)
+            self.linear = torch.nn.Linear(observation_space.shape[0], width)
+
+        def forward(self, obs):
+            return self.linear(obs)
+
+    model = small_model(features_extractor_class=Doubler, features_extractor_kwargs={"width": 7})
+    assert isinstance(model.policy.features_extractor, Doubler)
+    assert model.policy.ctm.synapses[0].in_features == 7 + SMALL_CTM["d_model"]
+
+
+def test_unsupported_observation_space_raises_clear_error():
+    with pytest.raises(UnsupportedSpaceError, match="Unsupported observation space.*Text.*FlattenObservation"):
+        CtmPolicy(spaces.Text(5), spaces.Discrete(2), lambda _: 1e-3, **SMALL_CTM)

@@ -1,0 +1,51 @@
+"""Small environments for tests: a cue-recall memory task with a choice of action space, registered on import."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class CueRecall(gym.Env):
+    """Shows one of ``n_cues`` cues on the first step, then blanks for ``delay`` steps; the final action is
+    rewarded +1 if it names the cue. Solving it needs memory carried across steps.
+
+    :param n_cues: number of cues.
+    :param delay: blank steps between the cue and the answer.
+    :param action_kind: ``discrete``, ``multidiscrete`` or ``box`` (the answer is read from the first entry).
+    """
+
+    def __init__(self, n_cues: int = 2, delay: int = 3, action_kind: str = "discrete") -> None:
+        self.n_cues, self.delay = n_cues, delay
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(n_cues + 1,), dtype=np.float32)
+        self.action_space = {
+            "discrete": spaces.Discrete(n_cues),
+            "multidiscrete": spaces.MultiDiscrete([n_cues, 2]),
+            "box": spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32),
+        }[action_kind]
+        self.action_kind = action_kind
+
+    def _observe(self) -> np.ndarray:
+        obs = np.zeros(self.n_cues + 1, dtype=np.float32)
+        obs[self.cue if self.t == 0 else self.n_cues] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.cue, self.t = int(self.np_random.integers(self.n_cues)), 0
+        return self._observe(), {}
+
+    def _answer(self, action) -> int:
+        if self.action_kind == "box":
+            return int(np.clip((np.asarray(action)[0] + 1) / 2 * self.n_cues, 0, self.n_cues - 1))
+        return int(np.asarray(action).reshape(-1)[0])
+
+    def step(self, action):
+        self.t += 1
+        done = self.t > self.delay
+        reward = float(self._answer(action) == self.cue) if done else 0.0
+        return self._observe(), reward, done, False, {}
+
+
+gym.register("ToyCueRecall-v0", entry_point=CueRecall)
