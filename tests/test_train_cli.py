@@ -1,0 +1,134 @@
+"""The training command: run folder, presets and overrides, resume, Ctrl-C, checkpoints and bad input."""
+
+import numpy as np
+import pytest
+import yaml
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+import ctm_rl.train as train_module
+from ctm_rl import CheckpointError, ConfigError, CtmPolicy
+from ctm_rl.checkpoints import load_agent
+from ctm_rl.config import apply_hyperparams, load_preset, parse_value
+from envs import make_env
+
+TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
+        "n_synch_out=4", "memory_length=3", "--eval-freq", "32", "--eval-episodes", "2", "--checkpoint-freq", "32",
+        "--no-progress-bar"]
+
+
+def run(tmp_path, *args):
+    return train_module.main(["--log-dir", str(tmp_path), *args])
+
+
+def test_run_folder_holds_everything(tmp_path):
+    assert run(tmp_path, "--timesteps", "64", "--seed", "3", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed3"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["env"] == "CartPole-NoVel" and config["seed"] == 3 and config["mask_velocity"] is True
+    assert config["policy"]["d_model"] == 16 and config["algo"]["n_steps"] == 16
+    assert "--seed 3" in (run_dir / "command.txt").read_text()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ctm_32_steps.zip", "ctm_64_steps.zip"]
+    assert len(list((run_dir / "monitor").glob("*.monitor.csv"))) == 2
+    assert list((run_dir / "tb").rglob("events.out.tfevents.*"))
+    with np.load(run_dir / "eval" / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [32, 64]
+        assert evaluations["results"].shape == (2, 2)
+    model = RecurrentPPO.load(run_dir / "model.zip")
+    assert isinstance(model.policy, CtmPolicy) and model.num_timesteps == 64
+
+
+def test_resume_continues_from_latest_checkpoint(tmp_path):
+    run(tmp_path, "--timesteps", "64", *TINY)
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    assert train_module.main(["--resume", str(run_dir), "--timesteps", "128", "--no-progress-bar"]) == 0
+    assert RecurrentPPO.load(run_dir / "model.zip").num_timesteps == 128
+    with np.load(run_dir / "eval" / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [32, 64, 96, 128]
+    assert len((run_dir / "command.txt").read_text().splitlines()) == 2
+
+
+def test_ctrl_c_saves_what_was_learned(tmp_path, monkeypatch):
+    class Interrupt(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps >= 40:
+                raise KeyboardInterrupt
+            return True
+
+    make_callbacks = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [Interrupt()])
+    assert run(tmp_path, "--timesteps", "1000", *TINY) == 0
+    assert RecurrentPPO.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "model.zip").num_timesteps == 40
+
+
+def test_lstm_agent_is_parameter_matched_and_recorded(tmp_path):
+    assert run(tmp_path, "--agent", "lstm", "--timesteps", "32", "--n-envs", "2", "--hyperparams", "n_steps=16",
+               "batch_size=32", "n_epochs=1", "--eval-freq", "0", "--checkpoint-freq", "0", "--no-progress-bar") == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "lstm-seed0"
+    hidden = yaml.safe_load((run_dir / "config.yaml").read_text())["policy"]["lstm_hidden_size"]
+    assert isinstance(hidden, int) and hidden > 1
+    assert RecurrentPPO.load(run_dir / "model.zip").policy.lstm_actor.hidden_size == hidden
+
+
+def test_presets_merge_default_family_and_exact_name():
+    preset = load_preset("ctm", "MiniGrid-FourRooms", "MiniGrid")
+    assert preset["max_steps"] == 300  # exact name
+    assert preset["policy"]["d_model"] == 256 and preset["algo"]["n_epochs"] == 4  # family
+    assert preset["algo"]["clip_range"] == 0.2  # default
+
+
+def test_hyperparams_override_any_key():
+    preset = apply_hyperparams(load_preset("ctm", "CartPole-NoVel", "CartPole"), "ctm",
+                               {"d_model": 64, "algo.n_epochs": 2, "learning_rate": parse_value("3e-4"), "n_envs": 4})
+    assert preset["policy"]["d_model"] == 64 and preset["algo"]["n_epochs"] == 2
+    assert preset["algo"]["learning_rate"] == 3e-4 and preset["n_envs"] == 4
+
+
+def test_unknown_hyperparameter_suggests_close_names():
+    with pytest.raises(ConfigError, match="Unknown hyperparameter 'd_modle'.*Did you mean: d_model"):
+        apply_hyperparams({}, "ctm", {"d_modle": 3})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "CartPol-v1"], "Unknown environment 'CartPol-v1'. Close matches: CartPole-v1"),
+    (["--hyperparams", "n_synch_out=300"], "n_synch_out (300) cannot exceed d_model (128)"),
+    (["--hyperparams", "memory_length=0"], "memory_length must be an integer >= 1"),
+    (["--ticks", "0"], "ticks must be an integer >= 1"),
+    (["--agent", "lstm", "--ticks", "2"], "does not apply to the lstm agent"),
+    (["--agent", "gru"], "Unknown agent 'gru'. Available agents: ctm, lstm"),
+    (["--hyperparams", "batch_size=100000"], "batch_size (100000) exceeds the rollout size"),
+    (["--resume", "/nonexistent/run"], "has no config.yaml"),
+])
+def test_bad_input_prints_one_clear_error(tmp_path, capsys, args, message):
+    assert run(tmp_path, "--timesteps", "32", "--no-progress-bar", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    model = RecurrentPPO(CtmPolicy, make_env("CartPole-NoVel", n_envs=2), n_steps=8, batch_size=16,
+                         policy_kwargs=dict(d_model=16, d_input=8, n_synch_out=4))
+    model.save(tmp_path / "model.zip")
+    return tmp_path / "model.zip"
+
+
+def test_corrupt_checkpoints_raise_checkpoint_error(saved_model, tmp_path):
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(saved_model.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="not a readable model archive"):
+        load_agent(truncated)
+    garbage = tmp_path / "garbage.zip"
+    garbage.write_bytes(b"not a zip at all")
+    with pytest.raises(CheckpointError, match="not a readable model archive"):
+        load_agent(garbage)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_agent(tmp_path / "missing.zip")
+
+
+def test_mismatched_checkpoints_raise_checkpoint_error(saved_model):
+    assert load_agent(saved_model, expected_policy_kwargs={"d_model": 16}).policy.ctm.d_model == 16
+    with pytest.raises(CheckpointError, match="does not match the environment"):
+        load_agent(saved_model, env=make_env("MiniGrid-Empty-5x5"))
+    with pytest.raises(CheckpointError, match="d_model: saved 16, requested 32"):
+        load_agent(saved_model, expected_policy_kwargs={"d_model": 32})
