@@ -133,11 +133,16 @@ class ContinuousThoughtMachine(nn.Module):
         :return: synchronisation ``(L, B, output_size)`` and the traces after the last step.
         """
         outputs = []
-        for step_features, step_starts in zip(features, episode_starts):
+        weights = self.synchronisation.weights()  # (P, M), shared by every step
+        # Sequence replays start episodes only at their first step; skipping resets that change nothing
+        # leaves the result unchanged.
+        any_start = episode_starts.any(dim=1).tolist()
+        for step, (step_features, step_starts) in enumerate(zip(features, episode_starts)):
             # --- Reset to the learned start traces where an episode starts ---
-            traces = self.reset_traces(traces, step_starts)
+            if any_start[step]:
+                traces = self.reset_traces(traces, step_starts)
             # --- Internal ticks ---
             traces = self.think(step_features, traces)
             # --- Output synchronisation over the post-activation window ---
-            outputs.append(self.synchronisation(traces[1]))  # (B, P)
+            outputs.append(self.synchronisation(traces[1], weights))  # (B, P)
         return torch.stack(outputs), traces

@@ -65,9 +65,16 @@ class Synchronisation(nn.Module):
     def size(self) -> int:
         return len(self.decay)
 
-    def forward(self, post_trace: torch.Tensor) -> torch.Tensor:
-        # post_trace: (B, D, M) -> synchronisation (B, P)
+    def weights(self) -> torch.Tensor:
+        """Normalised decay weights ``w_p(t) / sqrt(sum_t w_p(t))``, ``(P, M)``; the same for every step, so
+        callers that process a sequence compute them once."""
         rate = self.decay.clamp(0.0, self.max_decay)
-        weights = torch.exp(-rate[:, None] * self.age[None, :])  # (P, M)
+        weights = torch.exp(-rate[:, None] * self.age[None, :])
+        return weights / weights.sum(-1, keepdim=True).sqrt()
+
+    def forward(self, post_trace: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """:param post_trace: ``(B, D, M)``. :param weights: :meth:`weights`, if already computed.
+        :return: synchronisation ``(B, P)``."""
+        weights = self.weights() if weights is None else weights
         products = post_trace[:, self.left] * post_trace[:, self.right]  # (B, P, M)
-        return (products * weights).sum(-1) / weights.sum(-1).sqrt()
+        return (products * weights).sum(-1)
