@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctm_rl.train import main as train_main
+from ctm_rl.train import main as train_main, run_dir_for
 
 
 def best_evaluation(run_dir: Path) -> tuple[float, int]:
@@ -35,7 +35,7 @@ def learn(env: str, agent: str, seed: int, timesteps: int, log_dir: str, eval_fr
                        "--no-progress-bar", *(extra or [])])
     if code != 0:
         raise RuntimeError(f"training {agent} seed {seed} failed")
-    best, at = best_evaluation(Path(log_dir) / env.replace(":", "_").replace("/", "_") / f"{agent}-seed{seed}")
+    best, at = best_evaluation(run_dir_for(log_dir, env, agent, seed))
     return {"agent": agent, "seed": seed, "best_return": best, "reached_at": at, "wall_s": time.time() - start}
 
 

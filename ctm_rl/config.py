@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -146,7 +147,7 @@ def apply_hyperparams(preset: dict[str, Any], agent: str, overrides: dict[str, A
 
     :raises ConfigError: for keys that are none of these, listing close matches.
     """
-    preset = _merge(preset, {})
+    preset = copy.deepcopy(preset)
     policy_keys = POLICY_KEYS.get(agent, POLICY_KEYS["ctm"])
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")

@@ -98,10 +98,16 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device auto or cpu.")
 
 
+def run_dir_for(log_dir: str, env: str, agent: str, seed: int) -> Path:
+    """The first run folder of an (env, agent, seed): ``<log_dir>/<env>/<agent>-seed<seed>``, with the env
+    name made safe for paths."""
+    return Path(log_dir) / env.replace(":", "_").replace("/", "_") / f"{agent}-seed{seed}"
+
+
 def new_run_dir(config: TrainConfig) -> Path:
     """A fresh folder ``<log_dir>/<env>/<agent>-seed<seed>[-N]``."""
-    parent = Path(config.log_dir) / config.env.replace(":", "_").replace("/", "_")
-    run_dir = parent / f"{config.agent}-seed{config.seed}"
+    run_dir = run_dir_for(config.log_dir, config.env, config.agent, config.seed)
+    parent = run_dir.parent
     suffix = 2
     while run_dir.exists():
         run_dir, suffix = parent / f"{config.agent}-seed{config.seed}-{suffix}", suffix + 1
