@@ -11,6 +11,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.errors import CheckpointError
+from ctm_rl.ppo import CtmPPO
 
 _STEPS = re.compile(r"_(\d+)_steps\.zip$")
 
@@ -28,7 +29,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_agent(path: str | Path, env: VecEnv | None = None, device: str = "auto",
                expected_policy_kwargs: dict[str, Any] | None = None) -> RecurrentPPO:
-    """Load a ``RecurrentPPO`` agent saved by ``model.save``.
+    """Load a ``RecurrentPPO`` (or ``CtmPPO``) agent saved by ``model.save``, as a ``CtmPPO``.
 
     :param path: the ``.zip`` file.
     :param env: environment to attach; its spaces must match the saved ones.
@@ -50,7 +51,7 @@ def load_agent(path: str | Path, env: VecEnv | None = None, device: str = "auto"
         what = f"member {damaged!r} is damaged" if damaged else "it lacks 'data' or 'policy.pth'"
         raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt: {what}. Fix: use another checkpoint of the run.")
     try:
-        model = RecurrentPPO.load(path, env=env, device=device)
+        model = CtmPPO.load(path, env=env, device=device)
     except ValueError as error:  # SB3 reports space mismatches as ValueError
         raise CheckpointError(f"Checkpoint {str(path)!r} does not match the environment: {error}") from None
     except (RuntimeError, KeyError, EOFError, TypeError, AttributeError) as error:

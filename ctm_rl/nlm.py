@@ -9,7 +9,9 @@ from torch import nn
 
 
 class PrivateLinear(nn.Module):
-    """``n_neurons`` independent linear maps, one per neuron, applied in a single batched einsum.
+    """``n_neurons`` independent linear maps, one per neuron, applied in a single batched matrix product.
+
+    Inputs are neuron-major, ``(D, B, in)``, so the product needs no transposes.
 
     :param n_neurons: number of neurons, each with its own weights.
     :param in_features: input width per neuron.
@@ -23,8 +25,8 @@ class PrivateLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_neurons, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, D, in) -> (B, D, out)
-        return torch.einsum("bdi,dio->bdo", x, self.weight) + self.bias
+        # x: (D, B, in) -> (D, B, out)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
 class NeuronLevelModels(nn.Module):
@@ -52,5 +54,5 @@ class NeuronLevelModels(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, pre_trace: torch.Tensor) -> torch.Tensor:
-        # pre_trace: (B, D, M) -> post-activation (B, D)
+        # pre_trace: (D, B, M), neuron-major -> post-activation (D, B)
         return self.layers(pre_trace).squeeze(-1)

@@ -53,6 +53,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param synapse_depth: 1 for two GLU blocks, more for a U-Net.
     :param n_synch_out: neurons on each side of the output synchronisation pairs.
     :param neuron_select: ``first-last``, ``random`` or ``random-pairing``.
+    :param initial_decay: starting decay rate of the output synchronisation pairs, in ``[0, 4]`` (the reference
+        uses 0; 3 learns faster, see ``ContinuousThoughtMachine``).
     :param share_ctm: one CTM for actor and critic (True) or a separate CTM for the critic (False).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
@@ -72,6 +74,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         synapse_depth: int = 1,
         n_synch_out: int = 16,
         neuron_select: str = "first-last",
+        initial_decay: float = 3.0,
         share_ctm: bool = True,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
@@ -88,12 +91,14 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select)
+        check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select,
+                         initial_decay)
         if share_ctm and not share_features_extractor:
             raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
         self.ctm_kwargs = dict(
             d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_hidden=nlm_hidden,
             synapse_depth=synapse_depth, n_synch_out=n_synch_out, neuron_select=neuron_select,
+            initial_decay=initial_decay,
         )
         self.d_input = d_input
         self.share_ctm = share_ctm
@@ -139,12 +144,13 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         :return: synchronisation ``(n_seq * L, P)`` and the flat traces after the last step.
         """
         n_seq = traces[0].shape[1]
+        # RecurrentPPO keeps each env's trace as one flat row; the CTM works neuron-major.
         shape = (n_seq, ctm.d_model, ctm.memory_length)
-        pre, post = traces[0].reshape(shape), traces[1].reshape(shape)
+        pre, post = (trace.reshape(shape).transpose(0, 1) for trace in traces)  # (D, n_seq, M)
         features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
         episode_starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)  # (L, n_seq)
         synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts)  # (L, n_seq, P)
-        flat = (pre.reshape(1, n_seq, -1), post.reshape(1, n_seq, -1))
+        flat = tuple(trace.transpose(0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
         return synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1]), flat
 
     def _latents(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -11,20 +12,19 @@ def _glu_block(in_features: int, width: int) -> list[nn.Module]:
     return [nn.Linear(in_features, 2 * width), nn.GLU(dim=-1), nn.LayerNorm(width)]
 
 
-class SynapseUNet(nn.Module):
-    """U-Net shaped MLP: widths shrink linearly from ``d_model`` to ``min_width`` and grow back, with
-    layer-normed skip connections at each level.
+class UNetBody(nn.Module):
+    """The U-Net after its input layer: widths shrink linearly from ``d_model`` to ``min_width`` and grow
+    back, with layer-normed skip connections at each level.
 
-    :param in_features: input width (features + ``d_model``).
-    :param d_model: output width, the number of neurons.
+    :param d_model: width of the input layer's output and of the result, the number of neurons.
     :param depth: number of widths on the way down; ``depth - 1`` down and up blocks.
     :param min_width: width at the bottleneck.
     """
 
-    def __init__(self, in_features: int, d_model: int, depth: int, min_width: int = 16) -> None:
+    def __init__(self, d_model: int, depth: int, min_width: int = 16) -> None:
         super().__init__()
         widths = [int(w) for w in np.linspace(d_model, min_width, depth)]
-        self.first = nn.Sequential(nn.Linear(in_features, widths[0]), nn.LayerNorm(widths[0]), nn.SiLU())
+        self.first = nn.Sequential(nn.LayerNorm(widths[0]), nn.SiLU())
         self.down = nn.ModuleList(
             nn.Sequential(nn.Linear(wide, narrow), nn.LayerNorm(narrow), nn.SiLU())
             for wide, narrow in zip(widths[:-1], widths[1:])
@@ -46,13 +46,36 @@ class SynapseUNet(nn.Module):
         return out
 
 
-def build_synapses(in_features: int, d_model: int, depth: int) -> nn.Module:
-    """Depth 1: two ``Linear -> GLU -> LayerNorm`` blocks. Depth > 1: :class:`SynapseUNet`.
+class Synapses(nn.Module):
+    """The cross-neuron map ``(features, last post-activations) -> new pre-activations``.
 
-    :param in_features: input width (features + ``d_model``).
+    Depth 1 is two ``Linear -> GLU -> LayerNorm`` blocks; depth > 1 is a U-Net-shaped MLP. Both start with
+    one linear layer over the concatenated input. The features do not change between ticks and are known
+    for a whole sequence in advance, so their share of that layer (:meth:`project_features`) is computed
+    once, as one matrix product, and each tick adds only the post-activations' share (:meth:`forward`).
+
+    :param d_features: width of the features.
     :param d_model: number of neurons.
     :param depth: synapse depth.
     """
-    if depth == 1:
-        return nn.Sequential(*_glu_block(in_features, d_model), *_glu_block(d_model, d_model))
-    return SynapseUNet(in_features, d_model, depth)
+
+    def __init__(self, d_features: int, d_model: int, depth: int) -> None:
+        super().__init__()
+        self.d_features = d_features
+        width = 2 * d_model if depth == 1 else d_model
+        self.input_layer = nn.Linear(d_features + d_model, width)
+        if depth == 1:
+            self.body: nn.Module = nn.Sequential(nn.GLU(dim=-1), nn.LayerNorm(d_model), *_glu_block(d_model, d_model))
+        else:
+            self.body = UNetBody(d_model, depth)
+
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The features' share of the input layer, bias included: ``(..., d_features) -> (..., width)``."""
+        return F.linear(features, self.input_layer.weight[:, : self.d_features], self.input_layer.bias)
+
+    def forward(self, projected_features: torch.Tensor, post_activation: torch.Tensor) -> torch.Tensor:
+        """:param projected_features: :meth:`project_features` of this step's features, ``(B, width)``.
+        :param post_activation: the latest post-activations, ``(B, d_model)``.
+        :return: new pre-activations ``(B, d_model)``."""
+        state_weight = self.input_layer.weight[:, self.d_features :]
+        return self.body(torch.addmm(projected_features, post_activation, state_weight.t()))

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
+MAX_DECAY = 4.0
+"""Upper clamp of the learned decay rates (the RL reference's)."""
 
 
 def synchronisation_size(n_synch: int, neuron_select: str) -> int:
@@ -47,23 +49,40 @@ class Synchronisation(nn.Module):
     :param neuron_select: pair selection, one of :data:`NEURON_SELECTIONS`.
     :param memory_length: length of the post-activation window.
     :param max_decay: upper clamp of the decay rate.
+    :param initial_decay: decay rate every pair starts from.
     """
 
     def __init__(
-        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, max_decay: float = 4.0
+        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, max_decay: float = MAX_DECAY,
+        initial_decay: float = 0.0,
     ) -> None:
         super().__init__()
         left, right = select_pairs(d_model, n_synch, neuron_select)
-        self.register_buffer("left", left)
-        self.register_buffer("right", right)
+        neurons, positions = torch.unique(torch.cat((left, right)), sorted=True, return_inverse=True)
+        # The synchronised neurons, and each pair's left and right neuron as positions among them.
+        self.register_buffer("neurons", neurons)
+        self.register_buffer("left_position", positions[: len(left)])
+        self.register_buffer("right_position", positions[len(left):])
+        # First-last pairs read the last neurons, a slice that needs no copy; random ones are gathered.
+        self.first_neuron = d_model - n_synch if neuron_select == "first-last" else None
         # The newest column of the window has age 0.
         self.register_buffer("age", torch.arange(memory_length - 1, -1, -1, dtype=torch.float32))
-        self.decay = nn.Parameter(torch.zeros(len(left)))
+        self.decay = nn.Parameter(torch.full((len(left),), float(initial_decay)))
         self.max_decay = max_decay
 
     @property
     def size(self) -> int:
         return len(self.decay)
+
+    @property
+    def left(self) -> torch.Tensor:
+        """Left neuron index of every pair."""
+        return self.neurons[self.left_position]
+
+    @property
+    def right(self) -> torch.Tensor:
+        """Right neuron index of every pair."""
+        return self.neurons[self.right_position]
 
     def weights(self) -> torch.Tensor:
         """Normalised decay weights ``w_p(t) / sqrt(sum_t w_p(t))``, ``(P, M)``; the same for every step, so
@@ -73,8 +92,14 @@ class Synchronisation(nn.Module):
         return weights / weights.sum(-1, keepdim=True).sqrt()
 
     def forward(self, post_trace: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """:param post_trace: ``(B, D, M)``. :param weights: :meth:`weights`, if already computed.
+        """:param post_trace: neuron-major ``(D, B, M)``. :param weights: :meth:`weights`, if already computed.
         :return: synchronisation ``(B, P)``."""
         weights = self.weights() if weights is None else weights
-        products = post_trace[:, self.left] * post_trace[:, self.right]  # (B, P, M)
-        return (products * weights).sum(-1)
+        # Gather the few synchronised neurons first, then their pairs from that small block.
+        if self.first_neuron is not None:
+            selected = post_trace[self.first_neuron :]  # (S, B, M)
+        else:
+            selected = post_trace.index_select(0, self.neurons)  # (S, B, M)
+        left = selected.index_select(0, self.left_position)  # (P, B, M)
+        right = selected.index_select(0, self.right_position)  # (P, B, M)
+        return (left * right * weights.unsqueeze(1)).sum(-1).t()

@@ -29,6 +29,7 @@ from ctm_rl.config import (TrainConfig, algo_arguments, apply_hyperparams, load_
                            policy_arguments)
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.policy import CtmPolicy
+from ctm_rl.ppo import CtmPPO
 from envs import make_env, resolve_env
 from envs.registry import ResolvedEnv
 
@@ -164,7 +165,7 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume_from: Pat
     try:
         if resume_from is None:
             policy_class, policy_kwargs = resolve_policy(config, env, venv)
-            model = RecurrentPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed,
+            model = CtmPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed,
                                  device=config.device, tensorboard_log=str(run_dir / "tb"), verbose=0,
                                  **algo_arguments(config.algo))
         else:

@@ -58,8 +58,8 @@ def test_whole_env_trajectories_replay_across_episode_starts():
 
 
 def _flat_start_traces(policy, n_envs):
-    pre, post = policy.ctm.start_traces(n_envs)
-    return pre.reshape(1, n_envs, -1), post.reshape(1, n_envs, -1)
+    pre, post = policy.ctm.start_traces(n_envs)  # (D, n_envs, M)
+    return tuple(trace.transpose(0, 1).reshape(1, n_envs, -1) for trace in (pre, post))
 
 
 def test_episode_start_resets_to_learned_start_traces():
@@ -207,7 +207,7 @@ def test_user_features_extractor_is_used():
 
     model = small_model(features_extractor_class=Doubler, features_extractor_kwargs={"width": 7})
     assert isinstance(model.policy.features_extractor, Doubler)
-    assert model.policy.ctm.synapses[0].in_features == 7 + SMALL_CTM["d_model"]
+    assert model.policy.ctm.synapses.input_layer.in_features == 7 + SMALL_CTM["d_model"]
 
 
 def test_unsupported_observation_space_raises_clear_error():

@@ -1,0 +1,295 @@
+"""Throughput benchmark: environment stepping alone, the parameter-matched LSTM agent and the CTM agent.
+
+    python -m ctm_rl.bench                 # every config, prints a table and writes bench.json
+    python -m ctm_rl.bench --quick         # fewer envs and iterations: a couple of minutes on a 2-core CPU
+    python -m ctm_rl.bench --configs cartpole --ticks 1 --device cuda
+
+Everything runs in one process, one measurement after the other, so ratios between rows are comparable.
+Each agent does untimed warm-up iterations, then timed ones; an iteration is one ``RecurrentPPO`` rollout
+(``collect_rollouts``) and one update (``train``), exactly as ``learn`` runs them. Rates are env steps per
+second: rollout = steps / rollout time, update = steps / update time, total = steps / (rollout + update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.vec_env import VecEnv
+
+from ctm_rl.baselines import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.policy import CtmPolicy
+from ctm_rl.ppo import CtmPPO
+from envs.factory import make_env
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark setting: an environment, PPO's batch shape and a CTM size (the reference's configs)."""
+
+    env: str
+    """Environment name, as the training command takes it."""
+    n_envs: int
+    """Parallel environments."""
+    n_steps: int
+    """Rollout length per environment."""
+    n_epochs: int
+    """PPO epochs per update."""
+    n_minibatches: int
+    """Minibatches per epoch (``batch_size = n_envs * n_steps / n_minibatches``)."""
+    ctm: dict[str, Any]
+    """``CtmPolicy`` keyword arguments, without ``ticks``."""
+    ticks: tuple[int, ...]
+    """Tick counts to measure; the memory length scales with them (``memory_per_tick * ticks``)."""
+    memory_per_tick: int = 10
+    """Memory length per tick, so that the window covers the same number of env steps for every tick count."""
+    max_steps: int | None = None
+    """Episode step limit (``None``: the env's own)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Environment constructor arguments."""
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "cartpole": BenchConfig(
+        env="CartPole-NoVel", n_envs=256, n_steps=100, n_epochs=4, n_minibatches=4,
+        ctm=dict(d_model=128, d_input=128, nlm_hidden=4, n_synch_out=16), ticks=(1, 5),
+    ),
+    "fourrooms": BenchConfig(
+        env="MiniGrid-FourRooms", n_envs=256, n_steps=50, n_epochs=1, n_minibatches=4,
+        ctm=dict(d_model=512, d_input=128, nlm_hidden=16, n_synch_out=32), ticks=(1, 2), max_steps=300,
+    ),
+}
+QUICK_ENVS = 64
+"""Environments per config in ``--quick`` mode."""
+
+
+# --- Measurements ---------------------------------------------------------------------------------------
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (resident set size on Linux; allocated CUDA memory on GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    try:  # Linux lets a process reset its own high-water mark.
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since :func:`reset_peak_memory`, in MiB (process lifetime peak where it cannot be reset)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def buffer_bytes_per_step(model: RecurrentPPO) -> dict[str, float]:
+    """Rollout-buffer bytes per env step: in total and for the recurrent states alone."""
+    buffer = model.rollout_buffer
+    arrays = {id(v): (k, v) for k, v in vars(buffer).items() if isinstance(v, np.ndarray)}  # aliases count once
+    total = sum(v.nbytes for _, v in arrays.values())
+    states = sum(v.nbytes for k, v in arrays.values() if k.startswith(("hidden_states", "cell_states")))
+    steps = buffer.buffer_size * buffer.n_envs
+    return {"buffer_bytes_per_step": total / steps, "state_bytes_per_step": states / steps}
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_agent(model: RecurrentPPO, warmup: int, iterations: int) -> dict[str, float]:
+    """Time ``warmup + iterations`` rollout/update iterations and report the timed ones."""
+    steps_per_iteration = model.n_steps * model.n_envs
+    total_timesteps = steps_per_iteration * (warmup + iterations)
+    total_timesteps, callback = model._setup_learn(total_timesteps, callback=None, progress_bar=False)
+    callback.on_training_start(locals(), globals())
+    rollout_s = update_s = 0.0
+    for iteration in range(warmup + iterations):
+        if iteration == warmup:
+            reset_peak_memory(model.device)
+            rollout_s = update_s = 0.0
+        _synchronise(model.device)
+        start = time.perf_counter()
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+        _synchronise(model.device)
+        collected = time.perf_counter()
+        model._update_current_progress_remaining(model.num_timesteps, total_timesteps)
+        model.train()
+        _synchronise(model.device)
+        rollout_s += collected - start
+        update_s += time.perf_counter() - collected
+    callback.on_training_end()
+    steps = steps_per_iteration * iterations
+    return {
+        "rollout_sps": steps / rollout_s,
+        "update_sps": steps / update_s,
+        "total_sps": steps / (rollout_s + update_s),
+        "peak_memory_mb": peak_memory_mb(model.device),
+        **buffer_bytes_per_step(model),
+    }
+
+
+def measure_env(venv: VecEnv, steps_per_env: int) -> dict[str, float]:
+    """Env steps per second of the vectorised environment under uniformly random actions."""
+    venv.reset()
+    space = venv.action_space
+    rng = np.random.default_rng(0)
+    if isinstance(space, spaces.Discrete):
+        actions = rng.integers(space.n, size=(steps_per_env, venv.num_envs))
+    else:
+        actions = np.stack([[space.sample() for _ in range(venv.num_envs)] for _ in range(steps_per_env)])
+    start = time.perf_counter()
+    for step_actions in actions:
+        venv.step(step_actions)
+    return {"total_sps": steps_per_env * venv.num_envs / (time.perf_counter() - start)}
+
+
+# --- One config -----------------------------------------------------------------------------------------
+
+
+def _agent(policy_class: type, policy_kwargs: dict[str, Any], venv: VecEnv, config: BenchConfig, n_envs: int,
+           device: str, seed: int) -> RecurrentPPO:
+    batch_size = n_envs * config.n_steps // config.n_minibatches
+    return CtmPPO(policy_class, venv, n_steps=config.n_steps, batch_size=batch_size, n_epochs=config.n_epochs,
+                        policy_kwargs=policy_kwargs, device=device, seed=seed, verbose=0)
+
+
+def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, warmup: int, iterations: int,
+               device: str, seed: int = 0, log=print) -> list[dict[str, Any]]:
+    """Measure env stepping, then per tick count the matched LSTM and the CTM agent, for one config."""
+    rows = []
+    venv = make_env(config.env, n_envs=n_envs, seed=seed, max_steps=config.max_steps, env_kwargs=config.env_kwargs)
+    try:
+        base = {"config": name, "env": config.env, "n_envs": n_envs, "n_steps": config.n_steps}
+        env_row = {**base, "agent": "env", "ticks": None, "params": 0,
+                   **measure_env(venv, config.n_steps * (warmup + iterations))}
+        rows.append(env_row)
+        log(format_row(env_row))
+        for tick_count in ticks:
+            ctm_kwargs = {**config.ctm, "ticks": tick_count, "memory_length": config.memory_per_tick * tick_count}
+            hidden = match_lstm_hidden_size(venv.observation_space, venv.action_space, ctm_kwargs)
+            lstm_kwargs = lstm_policy_kwargs(hidden, config.ctm["d_input"])
+            for agent, policy_class, kwargs in (("lstm", RecurrentActorCriticPolicy, lstm_kwargs),
+                                                ("ctm", CtmPolicy, ctm_kwargs)):
+                model = _agent(policy_class, kwargs, venv, config, n_envs, device, seed)
+                row = {**base, "agent": agent, "ticks": tick_count,
+                       "params": count_parameters(policy_class, venv.observation_space, venv.action_space, **kwargs),
+                       "lstm_hidden_size": hidden, **measure_agent(model, warmup, iterations)}
+                row["vs_env"] = row["total_sps"] / env_row["total_sps"]
+                if agent == "ctm":
+                    row["vs_lstm"] = row["total_sps"] / rows[-1]["total_sps"]
+                rows.append(row)
+                log(format_row(row))
+                del model
+    finally:
+        venv.close()
+    return rows
+
+
+# --- Reporting ------------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("config", "{:10}", "config"), ("agent", "{:5}", "agent"), ("ticks", "{:>5}", "ticks"), ("params", "{:>10,}", "params"),
+    ("rollout_sps", "{:>9,.0f}", "rollout/s"), ("update_sps", "{:>9,.0f}", "update/s"), ("total_sps", "{:>9,.0f}", "total/s"),
+    ("vs_lstm", "{:>7.2f}", "vs LSTM"), ("vs_env", "{:>6.3f}", "vs env"), ("peak_memory_mb", "{:>8,.0f}", "peak MiB"),
+    ("buffer_bytes_per_step", "{:>9,.0f}", "buf B/step"),
+)
+
+
+_TEXT_WIDTHS = {"config": 10, "agent": 5}
+
+
+def _width(fmt: str, key: str) -> int:
+    return _TEXT_WIDTHS.get(key) or len(fmt.format(0))
+
+
+def format_header() -> str:
+    return " ".join(title.ljust(_width(fmt, key)) if key in _TEXT_WIDTHS else title.rjust(_width(fmt, key))
+                    for key, fmt, title in _COLUMNS)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    cells = []
+    for key, fmt, _ in _COLUMNS:
+        value = row.get(key)
+        cells.append(fmt.format(value) if value is not None else " " * _width(fmt, key))
+    return " ".join(cells)
+
+
+def machine_description(device: str) -> dict[str, Any]:
+    """What produced the numbers."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "device": device}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["processor"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ctm_rl.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS),
+                        help="configs to measure (default: all)")
+    parser.add_argument("--ticks", nargs="+", type=int, default=None,
+                        help="tick counts to measure (default: each config's own)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_ENVS} envs per config, no warm-up and one timed iteration")
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations per agent (default: 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per agent first (default: 1)")
+    parser.add_argument("--n-envs", type=int, default=None, help="override every config's number of envs")
+    parser.add_argument("--out", default="bench.json", help="JSON file for the results (default: bench.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA device. Fix: use --device cpu.", file=sys.stderr)
+        return 2
+    warmup, iterations = (0, 1) if args.quick else (args.warmup, args.iterations)
+    results: dict[str, Any] = {"machine": machine_description(device), "quick": args.quick, "warmup": warmup,
+                               "iterations": iterations, "configs": {}, "rows": []}
+    print(format_header())
+    for name in args.configs:
+        config = CONFIGS[name]
+        ticks = [t for t in (args.ticks or config.ticks)]
+        n_envs = args.n_envs or (QUICK_ENVS if args.quick else config.n_envs)
+        results["configs"][name] = asdict(config)
+        results["rows"] += run_config(name, config, ticks, n_envs, warmup, iterations, device)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The throughput benchmark and the shared-trace rollout buffer it measures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import RecurrentPPO
+
+from ctm_rl import CtmPolicy, bench
+from ctm_rl.buffers import SharedTraceRolloutBuffer
+from ctm_rl.ppo import CtmPPO
+from envs import make_env
+
+SMALL = dict(d_model=16, d_input=8, memory_length=3, nlm_hidden=2, n_synch_out=4)
+
+
+def _model(algorithm, share_ctm=True, seed=0):
+    venv = make_env("CartPole-NoVel", n_envs=3, seed=seed)
+    return algorithm(CtmPolicy, venv, n_steps=10, batch_size=15, n_epochs=2, seed=seed, device="cpu",
+                     policy_kwargs=dict(SMALL, share_ctm=share_ctm))
+
+
+def test_shared_ctm_buffer_stores_traces_once_and_learns_identically():
+    # Built and trained one after the other: both seed the global random generators they draw from.
+    plain = _model(RecurrentPPO)
+    plain.learn(60)
+    lean = _model(CtmPPO)
+    lean.learn(60)
+    assert isinstance(lean.rollout_buffer, SharedTraceRolloutBuffer)
+    trace_bytes = SMALL["d_model"] * SMALL["memory_length"] * 4
+    assert bench.buffer_bytes_per_step(plain)["state_bytes_per_step"] == 4 * trace_bytes
+    assert bench.buffer_bytes_per_step(lean)["state_bytes_per_step"] == 2 * trace_bytes
+    for (name, a), b in zip(plain.policy.state_dict().items(), lean.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_separate_critic_keeps_sb3_contrib_buffer():
+    model = _model(CtmPPO, share_ctm=False)
+    assert type(model.rollout_buffer).__name__ == "RecurrentRolloutBuffer"
+
+
+def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypatch):
+    tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2,
+                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1, 2),
+                             memory_per_tick=2)
+    monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--configs", "tiny", "--n-envs", "4", "--warmup", "0", "--iterations", "1",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["agent"], r["ticks"]) for r in rows] == [("env", None), ("lstm", 1), ("ctm", 1), ("lstm", 2), ("ctm", 2)]
+    env_sps = rows[0]["total_sps"]
+    for lstm, ctm in ((rows[1], rows[2]), (rows[3], rows[4])):
+        for row in (lstm, ctm):
+            # total = steps / (rollout time + update time)
+            assert row["total_sps"] == pytest.approx(1 / (1 / row["rollout_sps"] + 1 / row["update_sps"]))
+            assert row["vs_env"] == pytest.approx(row["total_sps"] / env_sps)
+            assert row["peak_memory_mb"] > 0
+        assert ctm["vs_lstm"] == pytest.approx(ctm["total_sps"] / lstm["total_sps"])
+        # The LSTM is matched to the CTM of the same row pair, within 5%.
+        assert abs(lstm["params"] - ctm["params"]) / ctm["params"] < 0.05
+    # Memory scales with ticks: twice the ticks, twice the window, twice the trace bytes.
+    # (pre + post) x d_model x memory (2 per tick) x 4 bytes, stored once for the shared CTM.
+    assert rows[4]["state_bytes_per_step"] == 2 * rows[2]["state_bytes_per_step"] == 2 * 16 * 4 * 4
+
+
+def test_benchmark_refuses_cuda_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert bench.main(["--device", "cuda", "--configs", "cartpole"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
