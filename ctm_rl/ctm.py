@@ -151,12 +151,13 @@ class ContinuousThoughtMachine(nn.Module):
         any_start = episode_starts.any(dim=1).tolist()
         weights = self.synchronisation.weights()  # (P, M), shared by every step
         outputs = []
-        for step, step_starts in enumerate(episode_starts):
+        # unbind: indexing one step at a time would make backward zero-fill a full-sequence gradient per step.
+        for step, (step_projected, step_starts) in enumerate(zip(projected.unbind(0), episode_starts)):
             # --- Reset to the learned start traces where an episode starts ---
             if any_start[step]:
                 traces = self.reset_traces(traces, step_starts)
             # --- Internal ticks ---
-            traces = self.think(projected[step], traces)
+            traces = self.think(step_projected, traces)
             # --- Output synchronisation over the post-activation window ---
             outputs.append(self.synchronisation(traces[1], weights))  # (B, P)
         return torch.stack(outputs), traces
