@@ -240,7 +240,7 @@ def format_row(row: dict[str, Any]) -> str:
 def machine_description(device: str) -> dict[str, Any]:
     """What produced the numbers."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "device": device}
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
