@@ -117,17 +117,19 @@ class ContinuousThoughtMachine(nn.Module):
         return (torch.where(starts, self.start_pre_trace.unsqueeze(1), pre),
                 torch.where(starts, self.start_post_trace.unsqueeze(1), post))
 
-    def think(self, projected_features: torch.Tensor, traces: Traces) -> Traces:
+    def think(self, projected_features: torch.Tensor, traces: Traces, state_weight: torch.Tensor | None = None) -> Traces:
         """Run the internal ticks of one environment step.
 
         :param projected_features: ``(B, W)``, this step's :meth:`Synapses.project_features`.
         :param traces: traces before the step.
+        :param state_weight: :meth:`Synapses.state_weight`, if already sliced.
         :return: traces after the step.
         """
         pre, post = traces
+        state_weight = self.synapses.state_weight() if state_weight is None else state_weight
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
-            pre_activation = self.synapses(projected_features, post[:, :, -1].t())  # (B, D)
+            pre_activation = self.synapses(projected_features, post[:, :, -1].t(), state_weight)  # (B, D)
             pre = torch.cat((pre[:, :, 1:], pre_activation.t().unsqueeze(-1)), dim=-1)  # (D, B, M)
             # --- Neuron-level models: each neuron reads its own pre-activation history ---
             post_activation = self.nlms(pre)  # (D, B)
@@ -150,6 +152,7 @@ class ContinuousThoughtMachine(nn.Module):
         # leaves the result unchanged.
         any_start = episode_starts.any(dim=1).tolist()
         weights = self.synchronisation.weights()  # (P, M), shared by every step
+        state_weight = self.synapses.state_weight()  # (W, D), sliced once for the same reason as unbind below
         outputs = []
         # unbind: indexing one step at a time would make backward zero-fill a full-sequence gradient per step.
         for step, (step_projected, step_starts) in enumerate(zip(projected.unbind(0), episode_starts)):
@@ -157,7 +160,7 @@ class ContinuousThoughtMachine(nn.Module):
             if any_start[step]:
                 traces = self.reset_traces(traces, step_starts)
             # --- Internal ticks ---
-            traces = self.think(step_projected, traces)
+            traces = self.think(step_projected, traces, state_weight)
             # --- Output synchronisation over the post-activation window ---
             outputs.append(self.synchronisation(traces[1], weights))  # (B, P)
         return torch.stack(outputs), traces

@@ -73,9 +73,17 @@ class Synapses(nn.Module):
         """The features' share of the input layer, bias included: ``(..., d_features) -> (..., width)``."""
         return F.linear(features, self.input_layer.weight[:, : self.d_features], self.input_layer.bias)
 
-    def forward(self, projected_features: torch.Tensor, post_activation: torch.Tensor) -> torch.Tensor:
+    def state_weight(self) -> torch.Tensor:
+        """The post-activations' share of the input layer's weight, ``(width, d_model)``. Callers that run many
+        ticks slice it once: under autograd every slice adds a full-weight-sized gradient in backward."""
+        return self.input_layer.weight[:, self.d_features :]
+
+    def forward(
+        self, projected_features: torch.Tensor, post_activation: torch.Tensor, state_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:param projected_features: :meth:`project_features` of this step's features, ``(B, width)``.
         :param post_activation: the latest post-activations, ``(B, d_model)``.
+        :param state_weight: :meth:`state_weight`, if already sliced.
         :return: new pre-activations ``(B, d_model)``."""
-        state_weight = self.input_layer.weight[:, self.d_features :]
+        state_weight = self.state_weight() if state_weight is None else state_weight
         return self.body(torch.addmm(projected_features, post_activation, state_weight.t()))
