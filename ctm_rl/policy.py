@@ -55,6 +55,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param neuron_select: ``first-last``, ``random`` or ``random-pairing``.
     :param initial_decay: starting decay rate of the output synchronisation pairs, in ``[0, 4]`` (the reference
         uses 0; 3 learns faster, see ``ContinuousThoughtMachine``).
+    :param carry_traces: carry the traces from one environment step to the next (the CTM for RL). ``False``
+        resets them to the learned start traces before every step, an ablation that leaves the CTM only the
+        memory of its own ticks within one step.
     :param share_ctm: one CTM for actor and critic (True) or a separate CTM for the critic (False).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
@@ -75,6 +78,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         n_synch_out: int = 16,
         neuron_select: str = "first-last",
         initial_decay: float = 3.0,
+        carry_traces: bool = True,
         share_ctm: bool = True,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
@@ -101,6 +105,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             initial_decay=initial_decay,
         )
         self.d_input = d_input
+        self.carry_traces = carry_traces
         self.share_ctm = share_ctm
         if features_extractor_class is None:
             features_extractor_class = ObservationEncoder
@@ -128,7 +133,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(self.ctm_kwargs, d_input=self.d_input, share_ctm=self.share_ctm)
+        data.update(self.ctm_kwargs, d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -144,6 +149,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         :return: synchronisation ``(n_seq * L, P)`` and the flat traces after the last step.
         """
         n_seq = traces[0].shape[1]
+        if not self.carry_traces:
+            episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
         # RecurrentPPO keeps each env's trace as one flat row; the CTM works neuron-major.
         shape = (n_seq, ctm.d_model, ctm.memory_length)
         pre, post = (trace.reshape(shape).transpose(0, 1) for trace in traces)  # (D, n_seq, M)

@@ -15,15 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.baselines import lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.callbacks import TimedEvalCallback
 from ctm_rl.checkpoints import latest_checkpoint, load_agent
 from ctm_rl.config import (TrainConfig, algo_arguments, apply_hyperparams, load_preset, parse_key_values,
                            policy_arguments)
@@ -139,15 +139,13 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path) -> list
     if config.eval_freq > 0:
         eval_env = make_env(env, n_envs=config.eval_envs, seed=config.seed + 10_000, max_steps=config.max_steps,
                             env_kwargs=config.env_kwargs, monitor_dir=str(run_dir / "eval" / "monitor"))
-        evaluation = EvalCallback(eval_env, n_eval_episodes=config.eval_episodes,
-                                  eval_freq=max(config.eval_freq // config.n_envs, 1), log_path=str(run_dir / "eval"),
-                                  best_model_save_path=str(run_dir / "eval"), verbose=0)
+        evaluation = TimedEvalCallback(eval_env, n_eval_episodes=config.eval_episodes,
+                                       eval_freq=max(config.eval_freq // config.n_envs, 1),
+                                       log_path=str(run_dir / "eval"), best_model_save_path=str(run_dir / "eval"),
+                                       verbose=0)
         previous = run_dir / "eval" / "evaluations.npz"
         if previous.exists():  # a resumed run appends to its earlier evaluations
-            with np.load(previous) as data:
-                evaluation.evaluations_timesteps = list(data["timesteps"])
-                evaluation.evaluations_results = [list(r) for r in data["results"]]
-                evaluation.evaluations_length = [list(r) for r in data["ep_lengths"]]
+            evaluation.load_previous(previous)
         callbacks.append(evaluation)
     return callbacks
 

@@ -98,6 +98,25 @@ def test_traces_continue_without_episode_start():
     assert not torch.allclose(sync_carried, sync_reset, atol=1e-7)
 
 
+def test_carry_traces_false_restarts_every_step_from_start_traces():
+    model = small_model(ticks=2, carry_traces=False)
+    policy = model.policy
+    obs = torch.as_tensor(model.env.reset())
+    garbage = (torch.randn(1, 4, policy.ctm.trace_size), torch.randn(1, 4, policy.ctm.trace_size))
+    with torch.no_grad():
+        features = policy.extract_features(obs)
+        sync_garbage, traces_garbage = policy._run_ctm(policy.ctm, features, garbage, torch.zeros(4))
+        sync_start, traces_start = policy._run_ctm(policy.ctm, features, _flat_start_traces(policy, 4), torch.ones(4))
+        # A two-step sequence: the second step's output must not depend on the first step's observation.
+        sequence = torch.stack([torch.randn_like(features), features], dim=1).reshape(8, -1)
+        sync_sequence, _ = policy._run_ctm(policy.ctm, sequence, garbage, torch.zeros(8))
+    assert torch.equal(sync_garbage, sync_start)
+    for a, b in zip(traces_garbage, traces_start):
+        assert torch.equal(a, b)
+    assert torch.allclose(sync_sequence.reshape(4, 2, -1)[:, 1], sync_start, atol=1e-6)
+    assert policy._get_constructor_parameters()["carry_traces"] is False
+
+
 def test_predict_without_state_starts_from_learned_traces():
     model = small_model()
     obs = model.env.reset()

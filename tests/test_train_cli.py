@@ -34,6 +34,9 @@ def test_run_folder_holds_everything(tmp_path):
     with np.load(run_dir / "eval" / "evaluations.npz") as evaluations:
         assert evaluations["timesteps"].tolist() == [32, 64]
         assert evaluations["results"].shape == (2, 2)
+        wall, train_time = evaluations["wall_time"], evaluations["train_time"]
+        assert wall.shape == train_time.shape == (2,)
+        assert np.all(np.diff(wall) > 0) and np.all(train_time > 0) and np.all(train_time < wall)
     model = RecurrentPPO.load(run_dir / "model.zip")
     assert isinstance(model.policy, CtmPolicy) and model.num_timesteps == 64
 
@@ -45,6 +48,8 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
     assert RecurrentPPO.load(run_dir / "model.zip").num_timesteps == 128
     with np.load(run_dir / "eval" / "evaluations.npz") as evaluations:
         assert evaluations["timesteps"].tolist() == [32, 64, 96, 128]
+        assert np.all(np.diff(evaluations["wall_time"]) > 0)  # the clock continues across the resume
+        assert np.all(np.diff(evaluations["train_time"]) > 0)
     assert len((run_dir / "command.txt").read_text().splitlines()) == 2
 
 
