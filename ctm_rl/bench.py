@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
@@ -30,6 +29,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.baselines import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.machine import machine_description
 from ctm_rl.policy import CtmPolicy
 from ctm_rl.ppo import CtmPPO
 from envs.factory import make_env
@@ -235,22 +235,6 @@ def format_row(row: dict[str, Any]) -> str:
         value = row.get(key)
         cells.append(fmt.format(value) if value is not None else " " * _width(fmt, key))
     return " ".join(cells)
-
-
-def machine_description(device: str) -> dict[str, Any]:
-    """What produced the numbers."""
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["processor"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,107 @@
+"""Where a comparison's runs execute: a local process pool, or Ray tasks on a local instance or a cluster.
+
+Both take the same work function and jobs and report each run as it ends, so finished runs are saved even if
+the comparison is interrupted later.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Sequence, TypeVar
+
+from ctm_rl.errors import ConfigError
+
+Job = TypeVar("Job")
+Work = Callable[[Job], Any]
+OnResult = Callable[[Job, Any], None]
+OnError = Callable[[Job, BaseException], None]
+
+
+def _one_thread_per_process() -> None:
+    # Each run sets its torch threads; this also keeps OpenMP users other than torch from oversubscribing.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def run_local(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: OnError, workers: int) -> None:
+    """Run ``work(job)`` for every job in a pool of ``workers`` fresh processes (in this process if 1).
+
+    :param work: a module-level function (it is sent to the workers by name).
+    :param jobs: picklable jobs.
+    :param on_result: called in this process with each job and its result, as runs end.
+    :param on_error: called with each job whose work raised, and the exception.
+    :param workers: processes at a time.
+    """
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            try:
+                result = work(job)
+            except Exception as error:  # one failed run must not lose the others
+                on_error(job, error)
+            else:
+                on_result(job, result)
+        return
+    # Fresh interpreters: forking a process that already runs torch threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_one_thread_per_process) as pool:
+        futures = {pool.submit(work, job): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                error = future.exception()
+                if error is None:
+                    on_result(futures[future], future.result())
+                else:
+                    on_error(futures[future], error)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def run_ray(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: OnError, address: str | None = None,
+            cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> None:
+    """Run ``work(job)`` for every job as a Ray task.
+
+    :param address: the cluster to join; ``None`` joins ``RAY_ADDRESS`` if set, else starts a local instance
+        that is shut down afterwards.
+    :param cpus_per_run: CPUs Ray reserves per task.
+    :param gpus_per_run: GPUs Ray reserves per task; a fraction shares a GPU between runs.
+    Other parameters as :func:`run_local`. Every node needs ctm-rl installed; results travel back through Ray,
+    run folders (models, logs) stay where the tasks ran unless the output folder is on a shared file system.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray, which is not installed. Fix: pip install 'ctm-rl[ray]'.") from None
+    if not jobs:
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(include_dashboard=False, configure_logging=False)
+    try:
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(work)
+        references = {task.remote(job): job for job in jobs}
+        pending = list(references)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                job = references[done[0]]
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayTaskError as error:
+                    on_error(job, error.cause if isinstance(error.cause, BaseException) else error)
+                except ray.exceptions.RayError as error:
+                    on_error(job, error)
+                else:
+                    on_result(job, result)
+        except KeyboardInterrupt:
+            for reference in pending:
+                ray.cancel(reference, force=True)
+            raise
+    finally:
+        if started_here:
+            ray.shutdown()

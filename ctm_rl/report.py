@@ -1,0 +1,370 @@
+"""A comparison folder's report: tidy CSVs, ``summary.md`` and plots, rebuilt from the runs' ``result.json``
+files alone, so it can be redone at any time without training.
+
+Written into the comparison folder:
+
+- ``curves.csv``: one row per (agent, seed, evaluation): step, mean/std return, mean episode length,
+  wall time, training time and env steps per second up to that evaluation;
+- ``runs.csv``: one row per run: final and best return, steps to threshold, parameters, steps per second;
+- ``params.csv``: trainable parameters per agent;
+- ``summary.md``: the table per agent, the plots and how the numbers were made;
+- ``curves_steps.png``, ``curves_wall.png``: IQM return across runs with 95% bootstrap bands, against env
+  steps and against wall-clock time; ``aggregates.png``: interval estimates of the final returns and of the
+  probability of improvement.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ctm_rl import stats
+from ctm_rl.compare import CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR, AgentSpec, CompareConfig
+from ctm_rl.errors import ConfigError
+
+BOOTSTRAP_REPS = 2000
+PLOTS = {"curves_steps.png": "IQM evaluation return against environment steps",
+         "curves_wall.png": "IQM evaluation return against wall-clock time",
+         "aggregates.png": "Final return and probability of improvement, 95% intervals"}
+
+
+@dataclass
+class AgentSummary:
+    """The aggregate numbers of one agent."""
+
+    agent: str
+    runs: int
+    parameters: int
+    iqm: stats.Estimate
+    mean: stats.Estimate
+    median: stats.Estimate
+    steps_to_threshold: list[float]
+    """Per run; NaN where the threshold was never reached."""
+    improvement: stats.Estimate | None
+    """P(this agent > the baseline); ``None`` for the baseline itself."""
+    steps_per_second: list[float]
+
+
+def load_comparison(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, Any]]]]:
+    """The comparison's config and its finished runs per agent, in the config's order.
+
+    :raises ConfigError: if ``out`` is not a comparison folder or holds no finished run.
+    """
+    if not (out / CONFIG_FILE).exists():
+        raise ConfigError(f"{out} is not a comparison folder (no {CONFIG_FILE}). Fix: pass the --out folder of a "
+                          f"python -m ctm_rl.compare run.")
+    config = CompareConfig.from_dict(yaml.safe_load((out / CONFIG_FILE).read_text()))
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for agent in config.agents:
+        spec = AgentSpec.parse(agent)
+        paths = [out / RUNS_DIR / spec.dirname / f"seed{seed}" / RESULT_FILE for seed in config.seeds]
+        runs[agent] = [json.loads(path.read_text()) for path in paths if path.exists()]
+    if not any(runs.values()):
+        raise ConfigError(f"{out} holds no finished run yet. Fix: run the comparison (without --report) first.")
+    return config, {agent: results for agent, results in runs.items() if results}
+
+
+def threshold_of(config: CompareConfig) -> float | None:
+    """The comparison's threshold, else the environment's registered ``reward_threshold``."""
+    if config.threshold is not None:
+        return config.threshold
+    from envs import resolve_env
+
+    env = resolve_env(config.env)
+    if env.gym_id is None:
+        return None
+    import gymnasium as gym
+
+    return gym.spec(env.gym_id).reward_threshold
+
+
+def final_returns(results: list[dict[str, Any]]) -> np.ndarray:
+    """Each run's score: the mean return of its last evaluation, ``(runs,)``."""
+    return np.array([run["evaluations"]["return_mean"][-1] for run in results])
+
+
+def summarise(config: CompareConfig, runs: dict[str, list[dict[str, Any]]]) -> list[AgentSummary]:
+    baseline = config.baseline_agent()
+    threshold = threshold_of(config)
+    summaries = []
+    for agent, results in runs.items():
+        scores = final_returns(results)
+        improvement = None
+        if agent != baseline and baseline in runs:
+            improvement = stats.improvement_estimate(scores, final_returns(runs[baseline]), BOOTSTRAP_REPS)
+        to_threshold = [stats.first_reaching(np.array(r["evaluations"]["step"]), np.array(r["evaluations"]["return_mean"]),
+                                             threshold) if threshold is not None else math.nan for r in results]
+        summaries.append(AgentSummary(
+            agent=agent, runs=len(results), parameters=results[0]["parameters"],
+            iqm=stats.interval_estimate(scores, stats.iqm, BOOTSTRAP_REPS),
+            mean=stats.interval_estimate(scores, stats.mean, BOOTSTRAP_REPS),
+            median=stats.interval_estimate(scores, stats.median, BOOTSTRAP_REPS),
+            steps_to_threshold=to_threshold, improvement=improvement,
+            steps_per_second=[r["steps_per_second"] for r in results]))
+    return summaries
+
+
+# --- CSV ----------------------------------------------------------------------------------------------------------
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for agent, results in runs.items():
+        for run in results:
+            e = run["evaluations"]
+            for i, step in enumerate(e["step"]):
+                rows.append({"agent": agent, "seed": run["seed"], "step": step, "return_mean": e["return_mean"][i],
+                             "return_std": e["return_std"][i], "length_mean": e["length_mean"][i],
+                             "episodes": len(e["returns"][i]), "wall_time_s": round(e["wall_time_s"][i], 3),
+                             "train_time_s": round(e["train_time_s"][i], 3),
+                             "steps_per_second": round(step / e["train_time_s"][i], 1)})
+    return rows
+
+
+def run_rows(runs: dict[str, list[dict[str, Any]]], threshold: float | None) -> list[dict[str, Any]]:
+    rows = []
+    for agent, results in runs.items():
+        for run in results:
+            e = run["evaluations"]
+            reached = stats.first_reaching(np.array(e["step"]), np.array(e["return_mean"]), threshold) \
+                if threshold is not None else math.nan
+            rows.append({"agent": agent, "seed": run["seed"], "final_return": e["return_mean"][-1],
+                         "best_return": max(e["return_mean"]), "steps_to_threshold": "" if math.isnan(reached) else int(reached),
+                         "parameters": run["parameters"], "steps_per_second": round(run["steps_per_second"], 1),
+                         "wall_time_s": round(run["wall_time_s"], 1), "timesteps": run["timesteps"]})
+    return rows
+
+
+# --- Plots --------------------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQM across runs and its 95% bootstrap interval at every column of ``(runs, points)``."""
+    estimates = [stats.interval_estimate(matrix[:, j], stats.iqm, BOOTSTRAP_REPS, seed=j) for j in range(matrix.shape[1])]
+    return tuple(np.array(values) for values in zip(*estimates))
+
+
+def curve_matrix(results: list[dict[str, Any]], x: str, points: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Runs' returns on a common x axis: ``x="step"`` uses the evaluation steps all runs share; ``x="wall"``
+    interpolates each run onto a time grid that every run covers.
+
+    :return: the x values ``(points,)`` and returns ``(runs, points)``.
+    """
+    if x == "step":
+        common = sorted(set.intersection(*(set(r["evaluations"]["step"]) for r in results)))
+        matrix = [[dict(zip(r["evaluations"]["step"], r["evaluations"]["return_mean"]))[s] for s in common]
+                  for r in results]
+        return np.array(common, dtype=float), np.array(matrix, dtype=float).reshape(len(results), len(common))
+    start = max(r["evaluations"]["wall_time_s"][0] for r in results)
+    stop = min(r["evaluations"]["wall_time_s"][-1] for r in results)
+    grid = np.linspace(start, stop, points) if stop > start else np.array([start])
+    matrix = [np.interp(grid, r["evaluations"]["wall_time_s"], r["evaluations"]["return_mean"]) for r in results]
+    return grid, np.array(matrix)
+
+
+def plot_curves(config: CompareConfig, runs: dict[str, list[dict[str, Any]]], x: str, path: Path) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for agent, results in runs.items():
+        xs, matrix = curve_matrix(results, x)
+        if x == "wall":
+            xs = xs / 60
+        value, low, high = _band(matrix)
+        line, = axis.plot(xs, value, label=f"{agent} ({len(results)} runs)")
+        axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    threshold = threshold_of(config)
+    if threshold is not None:
+        axis.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    axis.set_xlabel("environment steps" if x == "step" else "wall-clock time (minutes)")
+    axis.set_ylabel("evaluation return (IQM over runs)")
+    axis.set_title(f"{config.env}: IQM and 95% stratified-bootstrap interval")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_aggregates(config: CompareConfig, summaries: list[AgentSummary], path: Path) -> None:
+    plt = _pyplot()
+    panels = [("Median", lambda s: s.median), ("IQM", lambda s: s.iqm), ("Mean", lambda s: s.mean)]
+    compared = [s for s in summaries if s.improvement is not None]
+    figure, axes = plt.subplots(1, len(panels) + bool(compared), figsize=(3.2 * (len(panels) + bool(compared)),
+                                                                           0.5 * len(summaries) + 1.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, (title, pick) in zip(axes, panels):
+        for row, summary in enumerate(summaries):
+            estimate = pick(summary)
+            axis.barh(row, estimate.high - estimate.low, left=estimate.low, height=0.6,
+                      color=colours[row % len(colours)], alpha=0.6)
+            axis.plot([estimate.value] * 2, [row - 0.3, row + 0.3], color="black", linewidth=1.5)
+        axis.set_yticks(range(len(summaries)), [s.agent for s in summaries] if axis is axes[0] else [])
+        axis.set_title(f"{title} final return", fontsize=9)
+        axis.grid(axis="x", alpha=0.3)
+    if compared:
+        axis = axes[-1]
+        for row, summary in enumerate(compared):
+            estimate = summary.improvement
+            axis.barh(row, estimate.high - estimate.low, left=estimate.low, height=0.6, color="tab:grey", alpha=0.6)
+            axis.plot([estimate.value] * 2, [row - 0.3, row + 0.3], color="black", linewidth=1.5)
+        axis.axvline(0.5, color="black", linestyle=":", linewidth=1)
+        axis.set_xlim(0, 1)
+        axis.set_yticks(range(len(compared)), [s.agent for s in compared])
+        axis.yaxis.tick_right()
+        axis.set_title(f"P(agent > {config.baseline_agent()})", fontsize=9)
+    figure.suptitle(f"{config.env}: 95% stratified-bootstrap intervals", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --- Markdown -----------------------------------------------------------------------------------------------------
+
+def _interval(estimate: stats.Estimate) -> str:
+    return f"{estimate.value:.3g} [{estimate.low:.3g}, {estimate.high:.3g}]"
+
+
+def _steps_to_threshold(steps: list[float]) -> str:
+    reached = sorted(s for s in steps if not math.isnan(s))
+    if not reached:
+        return f"not reached (0/{len(steps)})"
+    # Runs that never reached it count as never: the median exists only if at least half did.
+    ordered = reached + [math.inf] * (len(steps) - len(reached))
+    median = float(np.median(ordered))
+    shown = f"{median:,.0f}" if math.isfinite(median) else "not reached"
+    return f"{shown} ({len(reached)}/{len(steps)})"
+
+
+def _machines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    seen = []
+    for results in runs.values():
+        for run in results:
+            m, at_once = run["machine"], run.get("runs_at_once")
+            text = (f"{m['processor']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} thread(s) "
+                    f"per run, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+                    + (f", {at_once} runs at a time" if at_once else ""))
+            if text not in seen:
+                seen.append(text)
+    return seen
+
+
+def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]], summaries: list[AgentSummary],
+                     images: str = "", heading: str = "#", command: str | None = None) -> str:
+    """The summary page of one comparison.
+
+    :param images: prefix of the plots' paths (the page's folder relative to the comparison's).
+    :param heading: markdown heading of the title (``##`` to nest it in a larger page).
+    :param command: the command that trained the comparison.
+    """
+    threshold = threshold_of(config)
+    baseline = config.baseline_agent()
+    lines = [f"{heading} {' vs '.join(runs)} on {config.env}", ""]
+    missing = [f"{agent} ({len(runs.get(agent, []))}/{len(config.seeds)})" for agent in config.agents
+               if len(runs.get(agent, [])) < len(config.seeds)]
+    lines += [
+        f"{len(config.seeds)} seeds per agent ({', '.join(map(str, config.seeds))}), {config.timesteps:,} env steps "
+        f"per run, evaluated every {config.eval_freq:,} steps on {config.eval_episodes} episodes of separate "
+        f"evaluation environments with deterministic actions."
+        + (f" Shared overrides: `{' '.join(config.hyperparams)}`." if config.hyperparams else ""),
+        "",
+        "- **Final return**: a run's mean return at its last evaluation. IQM (interquartile mean), mean and median "
+        f"are over runs, with 95% stratified-bootstrap percentile intervals ({BOOTSTRAP_REPS} resamples).",
+        f"- **P(> {baseline})**: the probability that a run of the agent ends with a higher final return than a run "
+        "of the baseline (ties count half), with its bootstrap interval.",
+        "- **Steps to threshold**: the first evaluation whose mean return reached "
+        + (f"{threshold:g}; the median over runs (runs that never did count as never), and how many reached it."
+           if threshold is not None else "a threshold; none was set (`--threshold`)."),
+        "- **Steps/s**: env steps per second of training, evaluations excluded; mean ± std over runs.",
+        "",
+    ]
+    if missing:
+        lines += [f"**Incomplete**: finished runs: {', '.join(missing)}.", ""]
+    lines += [
+        f"| agent | parameters | runs | final return IQM [95% CI] | mean [95% CI] | median [95% CI] | "
+        f"P(> {baseline}) [95% CI] | steps to {threshold if threshold is not None else 'threshold'} | steps/s |",
+        "|---|---:|---:|---|---|---|---|---|---:|",
+    ]
+    for s in summaries:
+        improvement = "baseline" if s.agent == baseline else (_interval(s.improvement) if s.improvement else "")
+        sps = np.array(s.steps_per_second)
+        lines.append(f"| {s.agent} | {s.parameters:,} | {s.runs} | {_interval(s.iqm)} | {_interval(s.mean)} | "
+                     f"{_interval(s.median)} | {improvement} | {_steps_to_threshold(s.steps_to_threshold)} | "
+                     f"{sps.mean():,.0f} ± {sps.std():,.0f} |")
+    lines.append("")
+    for name, caption in PLOTS.items():
+        lines += [f"![{caption}]({images}{name})", ""]
+    machines = _machines(runs)
+    lines += ["Produced on " + "; ".join(machines) + "." if machines else "", ""]
+    if command:
+        lines += ["Command:", "", "```bash", command, "```", ""]
+    lines += ["Per-run curves: `curves.csv`; per-run results: `runs.csv`; parameter counts: `params.csv`. "
+              "Each run's folder (`runs/<agent>/seed<N>/`) holds its config, TensorBoard logs and model.", ""]
+    return "\n".join(lines)
+
+
+def _command(out: Path) -> str | None:
+    path = out / COMMAND_FILE
+    if not path.exists():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    # Shown with a plain "python" rather than this machine's interpreter path.
+    return "python -m " + lines[-1].split(" -m ", 1)[1] if lines and " -m " in lines[-1] else None
+
+
+def write_report(out: Path) -> Path:
+    """Write the CSVs, plots and ``summary.md`` of the comparison in ``out``; return the summary's path."""
+    config, runs = load_comparison(out)
+    summaries = summarise(config, runs)
+    _write_csv(out / "curves.csv", curve_rows(runs))
+    _write_csv(out / "runs.csv", run_rows(runs, threshold_of(config)))
+    _write_csv(out / "params.csv", [{"agent": s.agent, "parameters": s.parameters} for s in summaries])
+    plot_curves(config, runs, "step", out / "curves_steps.png")
+    plot_curves(config, runs, "wall", out / "curves_wall.png")
+    plot_aggregates(config, summaries, out / "aggregates.png")
+    summary = out / "summary.md"
+    summary.write_text(summary_markdown(config, runs, summaries, command=_command(out)))
+    return summary
+
+
+def write_page(folders: list[Path], page: Path) -> Path:
+    """One markdown page covering several comparisons (rebuilt first), their plots copied beside it into
+    ``<page stem>/<folder name>/``."""
+    sections = []
+    for out in folders:
+        write_report(out)
+        config, runs = load_comparison(out)
+        images = page.parent / page.stem / out.name
+        images.mkdir(parents=True, exist_ok=True)
+        for name in PLOTS:
+            shutil.copyfile(out / name, images / name)
+        sections.append(summary_markdown(config, runs, summarise(config, runs), images=f"{page.stem}/{out.name}/",
+                                         heading="##", command=_command(out)))
+    header = ["# Results: CTM vs LSTM", "",
+              f"Generated on {datetime.date.today().isoformat()} by "
+              f"`python -m ctm_rl.compare --report {' '.join(str(f) for f in folders)} --page {page}` "
+              "from the comparison folders. Every number below comes from those runs.", ""]
+    page.write_text("\n".join(header + sections))
+    return page
