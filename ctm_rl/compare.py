@@ -108,7 +108,7 @@ class AgentSpec:
             raise ConfigError(f"Agent spec {text!r} has no preset name. Expected PRESET or PRESET:key=value,...")
         overrides = tuple(part.strip() for part in _NEXT_OVERRIDE.split(rest)) if rest else ()
         for override in overrides:
-            if "=" not in override:
+            if not re.match(r"[A-Za-z_][\w.]*=", override):
                 raise ConfigError(f"Agent spec {text!r}: {override!r} is not key=value. "
                                   f"Expected PRESET:key=value,key=value (for example ctm:ticks=5,memory_length=20).")
         return cls(text, preset, overrides)

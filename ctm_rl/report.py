@@ -37,6 +37,9 @@ PLOTS = {"curves_steps.png": "IQM evaluation return against environment steps",
          "aggregates.png": "Final return and probability of improvement, 95% intervals"}
 
 
+TABLES = ("curves.csv", "runs.csv", "params.csv")
+
+
 @dataclass
 class AgentSummary:
     """The aggregate numbers of one agent."""
@@ -338,9 +341,10 @@ def write_report(out: Path) -> Path:
     """Write the CSVs, plots and ``summary.md`` of the comparison in ``out``; return the summary's path."""
     config, runs = load_comparison(out)
     summaries = summarise(config, runs)
-    _write_csv(out / "curves.csv", curve_rows(runs))
-    _write_csv(out / "runs.csv", run_rows(runs, threshold_of(config)))
-    _write_csv(out / "params.csv", [{"agent": s.agent, "parameters": s.parameters} for s in summaries])
+    curves, runs_table, params = TABLES
+    _write_csv(out / curves, curve_rows(runs))
+    _write_csv(out / runs_table, run_rows(runs, threshold_of(config)))
+    _write_csv(out / params, [{"agent": s.agent, "parameters": s.parameters} for s in summaries])
     plot_curves(config, runs, "step", out / "curves_steps.png")
     plot_curves(config, runs, "wall", out / "curves_wall.png")
     plot_aggregates(config, summaries, out / "aggregates.png")
@@ -350,15 +354,15 @@ def write_report(out: Path) -> Path:
 
 
 def write_page(folders: list[Path], page: Path) -> Path:
-    """One markdown page covering several comparisons (rebuilt first), their plots copied beside it into
-    ``<page stem>/<folder name>/``."""
+    """One markdown page covering several comparisons (rebuilt first), their plots and CSVs copied beside it
+    into ``<page stem>/<folder name>/``."""
     sections = []
     for out in folders:
         write_report(out)
         config, runs = load_comparison(out)
         images = page.parent / page.stem / out.name
         images.mkdir(parents=True, exist_ok=True)
-        for name in PLOTS:
+        for name in [*PLOTS, *TABLES]:  # the numbers travel with the page
             shutil.copyfile(out / name, images / name)
         sections.append(summary_markdown(config, runs, summarise(config, runs), images=f"{page.stem}/{out.name}/",
                                          heading="##", command=_command(out)))

@@ -1,0 +1,183 @@
+"""python -m ctm_rl.compare: agent specs, the comparison folder, reruns, reports and the Ray backend."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from ctm_rl import compare, report
+from ctm_rl.compare import AgentSpec, CompareConfig, RunInterrupted
+from ctm_rl.errors import ConfigError
+
+TINY = ["--env", "CartPole-NoVel", "--agents", "ctm", "lstm", "--seeds", "2", "--timesteps", "512",
+        "--eval-freq", "256", "--eval-episodes", "2", "--hyperparams", "n_epochs=1"]
+FILES = {"comparison.yaml", "command.txt", "curves.csv", "runs.csv", "params.csv", "summary.md", "curves_steps.png",
+         "curves_wall.png", "aggregates.png", "runs"}
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _returns(out, agent, seed):
+    result = json.loads((out / "runs" / agent / f"seed{seed}" / "result.json").read_text())
+    return result["evaluations"]["return_mean"]
+
+
+@pytest.mark.parametrize("text, preset, overrides, dirname", [
+    ("ctm", "ctm", (), "ctm"),
+    ("ctm:ticks=5", "ctm", ("ticks=5",), "ctm_ticks=5"),
+    ("ctm:ticks=2,memory_length=20", "ctm", ("ticks=2", "memory_length=20"), "ctm_ticks=2_memory_length=20"),
+    ("lstm:net_arch=[64, 64],n_epochs=4", "lstm", ("net_arch=[64, 64]", "n_epochs=4"), "lstm_net_arch=_64_64_n_epochs=4"),
+    ("ctm:carry_traces=false", "ctm", ("carry_traces=false",), "ctm_carry_traces=false"),
+])
+def test_agent_specs_parse_preset_and_overrides(text, preset, overrides, dirname):
+    spec = AgentSpec.parse(text)
+    assert (spec.label, spec.preset, spec.overrides, spec.dirname) == (text, preset, overrides, dirname)
+
+
+@pytest.mark.parametrize("text", ["ctm:ticks", ":ticks=5", "ctm:=3"])
+def test_bad_agent_specs_explain_the_syntax(text):
+    with pytest.raises(ConfigError, match="key=value|preset name"):
+        AgentSpec.parse(text)
+
+
+def test_baseline_defaults_to_the_first_lstm_agent():
+    assert CompareConfig(agents=["ctm", "lstm:n_epochs=4", "lstm"]).baseline_agent() == "lstm:n_epochs=4"
+    assert CompareConfig(agents=["ctm:ticks=1", "ctm:ticks=5"]).baseline_agent() == "ctm:ticks=5"
+    assert CompareConfig(agents=["ctm", "lstm"], baseline="ctm").baseline_agent() == "ctm"
+
+
+def test_comparison_folder_summary_and_rerun_of_one_deleted_run(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert compare.main([*TINY, "--out", str(out), "--workers", "2"]) == 0
+    assert {p.name for p in out.iterdir()} == FILES
+    for name in ("curves_steps.png", "curves_wall.png", "aggregates.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Tidy curves: one row per (agent, seed, evaluation).
+    curves = _read_csv(out / "curves.csv")
+    assert len(curves) == 2 * 2 * 2
+    assert {(r["agent"], r["seed"], r["step"]) for r in curves} == {
+        (a, str(s), str(t)) for a in ("ctm", "lstm") for s in (0, 1) for t in (256, 512)}
+    for row in curves:
+        assert 0 < float(row["train_time_s"]) < float(row["wall_time_s"])
+        assert float(row["steps_per_second"]) == pytest.approx(int(row["step"]) / float(row["train_time_s"]), rel=1e-2)
+        assert float(row["return_mean"]) >= 1 and row["episodes"] == "2"
+
+    # Parameter-matched agents, and the summary's numbers are the statistics of the runs' final returns.
+    params = {r["agent"]: int(r["parameters"]) for r in _read_csv(out / "params.csv")}
+    assert abs(params["ctm"] - params["lstm"]) / params["ctm"] < 0.05
+    runs = _read_csv(out / "runs.csv")
+    finals = {a: np.array([float(r["final_return"]) for r in runs if r["agent"] == a]) for a in ("ctm", "lstm")}
+    summary = (out / "summary.md").read_text()
+    ctm_row = next(line for line in summary.splitlines() if line.startswith("| ctm |"))
+    assert f"{params['ctm']:,}" in ctm_row and f"| {finals['ctm'].mean():.3g} [" in ctm_row
+    assert next(line for line in summary.splitlines() if line.startswith("| lstm |")).count("baseline") == 1
+    assert "P(> lstm)" in summary and "![" in summary
+
+    # Deleting one run's result retrains exactly that run, and gives the same curve (seeded runs).
+    kept = (out / "runs" / "ctm" / "seed0" / "result.json").read_bytes()
+    deleted = _returns(out, "lstm", 1)
+    (out / "runs" / "lstm" / "seed1" / "result.json").unlink()
+    config = CompareConfig.from_dict(yaml.safe_load((out / "comparison.yaml").read_text()))
+    assert compare.run_comparison(config, out, workers=2) == [("lstm", 1)]
+    assert (out / "runs" / "ctm" / "seed0" / "result.json").read_bytes() == kept
+    assert _returns(out, "lstm", 1) == deleted
+    assert "4 runs: 3 finished, 1 to train" in capsys.readouterr().out
+
+
+def test_report_rebuilds_without_training(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    assert compare.main([*TINY, "--seeds", "1", "--out", str(out), "--workers", "1"]) == 0
+    for name in ("summary.md", "curves.csv", "curves_steps.png", "aggregates.png"):
+        (out / name).unlink()
+
+    def no_training(job):
+        raise AssertionError("--report must not train")
+
+    monkeypatch.setattr(compare, "execute_run", no_training)
+    assert compare.main(["--report", str(out), "--page", str(tmp_path / "docs" / "results.md")]) == 0
+    assert (out / "summary.md").exists() and (out / "curves_steps.png").exists()
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "## ctm vs lstm on CartPole-NoVel" in page
+    assert "](results/cmp/curves_steps.png)" in page
+    assert (tmp_path / "docs" / "results" / "cmp" / "aggregates.png").exists()
+    assert (tmp_path / "docs" / "results" / "cmp" / "runs.csv").exists()
+
+
+def test_extending_a_folder_with_other_run_settings_is_refused(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    (out).mkdir()
+    (out / "comparison.yaml").write_text(yaml.safe_dump(CompareConfig(timesteps=1000).to_dict()))
+    assert compare.main([*TINY, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "timesteps=1000" in error and "new --out" in error
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--agents", "ctm", "lsmt"], "agent 'lsmt': Unknown agent 'lsmt'"),
+    (["--agents", "ctm", "lstm:ticks=5"], "agent 'lstm:ticks=5': Unknown hyperparameter 'ticks'"),
+    (["--env", "CartPol"], "CartPole"),
+    (["--baseline", "gru"], "--baseline 'gru' is not one of the agents"),
+    (["--eval-freq", "1000"], "--eval-freq (1000) exceeds --timesteps (512)"),
+    (["--page", "x.md"], "--page goes with --report"),
+])
+def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
+    assert compare.main([*TINY, "--out", str(tmp_path / "cmp"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_report_of_a_folder_that_is_not_a_comparison(tmp_path, capsys):
+    assert compare.main(["--report", str(tmp_path)]) == 2
+    assert "not a comparison folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_is_not_a_result(tmp_path, monkeypatch):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from ctm_rl import train as train_module
+
+    class Interrupt(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps >= 64:
+                raise KeyboardInterrupt
+            return True
+
+    make_callbacks = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [Interrupt()])
+    config = CompareConfig(agents=["ctm"], seeds=[0], timesteps=512, eval_freq=256, eval_episodes=2)
+    job = compare.plan(config, tmp_path)[0]
+    with pytest.raises(RunInterrupted, match="stopped at"):
+        compare.execute_run(job)
+    assert (tmp_path / "runs" / "ctm" / "seed0" / "model.zip").exists()  # what it learned is kept
+    assert not (tmp_path / "runs" / "ctm" / "seed0" / "result.json").exists()
+
+
+@pytest.mark.parametrize("steps, expected", [
+    ([10.0, float("nan"), 30.0], "30 (2/3)"),
+    ([10.0, float("nan"), float("nan")], "not reached (1/3)"),
+    ([float("nan")], "not reached (0/1)"),
+    ([1000.0, 3000.0], "2,000 (2/2)"),
+])
+def test_steps_to_threshold_counts_unreached_runs_as_never(steps, expected):
+    assert report._steps_to_threshold(steps) == expected
+
+
+@pytest.mark.slow
+def test_ray_backend_gives_the_same_comparison(tmp_path):
+    pytest.importorskip("ray")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert compare.main([*TINY, "--out", str(local), "--workers", "2"]) == 0
+    assert compare.main([*TINY, "--out", str(remote), "--backend", "ray"]) == 0
+    assert {p.name for p in remote.iterdir()} == FILES
+    for agent in ("ctm", "lstm"):
+        for seed in (0, 1):
+            assert _returns(remote, agent, seed) == _returns(local, agent, seed)
+    columns = ("agent", "seed", "step", "return_mean", "return_std", "length_mean", "episodes")
+    strip = lambda rows: [tuple(r[c] for c in columns) for r in rows]
+    assert strip(_read_csv(remote / "curves.csv")) == strip(_read_csv(local / "curves.csv"))
