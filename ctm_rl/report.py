@@ -211,6 +211,20 @@ def plot_curves(config: CompareConfig, runs: dict[str, list[dict[str, Any]]], x:
     plt.close(figure)
 
 
+def _interval_bar(axis, row: int, estimate: stats.Estimate, colour: str) -> None:
+    """An interval as a bar with its point estimate marked; degenerate intervals stay visible as the mark."""
+    axis.barh(row, estimate.high - estimate.low, left=estimate.low, height=0.6, color=colour, alpha=0.6,
+              edgecolor=colour)
+    axis.plot([estimate.value], [row], marker="|", markersize=16, markeredgewidth=2, color="black")
+
+
+def _pad_x(axis, estimates: list[stats.Estimate]) -> None:
+    # Set by hand: bars pin autoscaling to their edges, which hides marks at the ends.
+    low, high = min(e.low for e in estimates), max(e.high for e in estimates)
+    pad = 0.08 * (high - low) or 0.08 * max(abs(high), 1.0)
+    axis.set_xlim(low - pad, high + pad)
+
+
 def plot_aggregates(config: CompareConfig, summaries: list[AgentSummary], path: Path) -> None:
     plt = _pyplot()
     panels = [("Median", lambda s: s.median), ("IQM", lambda s: s.iqm), ("Mean", lambda s: s.mean)]
@@ -221,20 +235,18 @@ def plot_aggregates(config: CompareConfig, summaries: list[AgentSummary], path: 
     for axis, (title, pick) in zip(axes, panels):
         for row, summary in enumerate(summaries):
             estimate = pick(summary)
-            axis.barh(row, estimate.high - estimate.low, left=estimate.low, height=0.6,
-                      color=colours[row % len(colours)], alpha=0.6)
-            axis.plot([estimate.value] * 2, [row - 0.3, row + 0.3], color="black", linewidth=1.5)
+            _interval_bar(axis, row, estimate, colours[row % len(colours)])
         axis.set_yticks(range(len(summaries)), [s.agent for s in summaries] if axis is axes[0] else [])
+        _pad_x(axis, [pick(summary) for summary in summaries])
         axis.set_title(f"{title} final return", fontsize=9)
         axis.grid(axis="x", alpha=0.3)
     if compared:
         axis = axes[-1]
         for row, summary in enumerate(compared):
             estimate = summary.improvement
-            axis.barh(row, estimate.high - estimate.low, left=estimate.low, height=0.6, color="tab:grey", alpha=0.6)
-            axis.plot([estimate.value] * 2, [row - 0.3, row + 0.3], color="black", linewidth=1.5)
+            _interval_bar(axis, row, estimate, "tab:grey")
         axis.axvline(0.5, color="black", linestyle=":", linewidth=1)
-        axis.set_xlim(0, 1)
+        axis.set_xlim(-0.03, 1.03)
         axis.set_yticks(range(len(compared)), [s.agent for s in compared])
         axis.yaxis.tick_right()
         axis.set_title(f"P(agent > {config.baseline_agent()})", fontsize=9)
