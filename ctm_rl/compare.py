@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError, CtmRlError
 
 CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR = "comparison.yaml", "command.txt", "result.json", "runs"
@@ -39,7 +40,7 @@ _NEXT_OVERRIDE = re.compile(r",(?=\s*[A-Za-z_][\w.]*=)")  # a comma that starts 
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(SavedConfig):
     """What a comparison trains and how it is evaluated; saved as ``comparison.yaml`` in its folder."""
 
     env: str = "CartPole-NoVel"
@@ -68,17 +69,6 @@ class CompareConfig:
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
     RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompareConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"Unknown keys in {CONFIG_FILE}: {', '.join(sorted(unknown))}.")
-        return cls(**data)
 
     def baseline_agent(self) -> str:
         """The agent the others are compared against."""

@@ -35,8 +35,23 @@ POLICY_KEYS = {
 }
 
 
+class SavedConfig:
+    """A dataclass config that is saved as a YAML mapping and read back with unknown keys refused."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"Unknown {cls.__name__} keys: {', '.join(sorted(unknown))}. The file was written by "
+                              f"another version of ctm-rl or edited by hand.")
+        return cls(**data)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(SavedConfig):
     """Everything that defines a training run; saved as ``config.yaml`` in the run folder."""
 
     env: str = "CartPole-NoVel"
@@ -78,16 +93,6 @@ class TrainConfig:
     policy: dict[str, Any] = field(default_factory=dict)
     """Policy keyword arguments (``CtmPolicy``'s, or the LSTM baseline's)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"Unknown config keys: {', '.join(sorted(unknown))}.")
-        return cls(**data)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 from ctm_rl import CtmPolicy
 from envs import make_env
@@ -24,3 +25,17 @@ def collect_rollout(model: RecurrentPPO) -> None:
     _, callback = model._setup_learn(model.n_steps * model.n_envs, callback=None)
     callback.on_training_start(locals(), globals())
     assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+
+
+def interrupt_training_at(monkeypatch, steps: int) -> None:
+    """Make every run of the training command raise KeyboardInterrupt (as Ctrl-C does) once it reaches ``steps``."""
+    import ctm_rl.train as train_module
+
+    class Interrupt(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= steps:
+                raise KeyboardInterrupt
+            return True
+
+    make_callbacks = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [Interrupt()])

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from helpers import interrupt_training_at
 
 from ctm_rl import compare, report
 from ctm_rl.compare import AgentSpec, CompareConfig, RunInterrupted
@@ -138,18 +139,7 @@ def test_report_of_a_folder_that_is_not_a_comparison(tmp_path, capsys):
 
 
 def test_an_interrupted_run_is_not_a_result(tmp_path, monkeypatch):
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from ctm_rl import train as train_module
-
-    class Interrupt(BaseCallback):
-        def _on_step(self):
-            if self.num_timesteps >= 64:
-                raise KeyboardInterrupt
-            return True
-
-    make_callbacks = train_module.make_callbacks
-    monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [Interrupt()])
+    interrupt_training_at(monkeypatch, 64)
     config = CompareConfig(agents=["ctm"], seeds=[0], timesteps=512, eval_freq=256, eval_episodes=2)
     job = compare.plan(config, tmp_path)[0]
     with pytest.raises(RunInterrupted, match="stopped at"):

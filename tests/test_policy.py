@@ -6,7 +6,6 @@ import torch
 from gymnasium import spaces
 from helpers import SMALL_CTM, collect_rollout, small_model
 from sb3_contrib import RecurrentPPO
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import yaml
+from helpers import interrupt_training_at
 from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.callbacks import BaseCallback
 
 import ctm_rl.train as train_module
 from ctm_rl import CheckpointError, ConfigError, CtmPolicy
@@ -54,14 +54,7 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
 
 
 def test_ctrl_c_saves_what_was_learned(tmp_path, monkeypatch):
-    class Interrupt(BaseCallback):
-        def _on_step(self):
-            if self.num_timesteps >= 40:
-                raise KeyboardInterrupt
-            return True
-
-    make_callbacks = train_module.make_callbacks
-    monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [Interrupt()])
+    interrupt_training_at(monkeypatch, 40)
     assert run(tmp_path, "--timesteps", "1000", *TINY) == 0
     assert RecurrentPPO.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "model.zip").num_timesteps == 40
 
