@@ -11,6 +11,7 @@ neuron's histories as one contiguous block, and the per-neuron products need no 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -137,30 +138,81 @@ class ContinuousThoughtMachine(nn.Module):
         return pre, post
 
     def forward(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Traces]:
         """Process a time-major sequence of environment steps.
 
         :param features: ``(L, B, d_input)``, features of ``L`` consecutive steps of ``B`` sequences.
         :param traces: traces before the first step, each ``(D, B, M)``.
         :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
-        :return: synchronisation ``(L, B, output_size)`` and the traces after the last step.
+        :param lengths: ``(B,)`` real steps of each sequence, when sequences shorter than ``L`` are padded at
+            the end (as in a recurrent replay minibatch). Padded steps are then skipped, not computed.
+        :return: synchronisation ``(L, B, output_size)`` (zero at padded steps) and the traces after each
+            sequence's last real step.
         """
+        if lengths is not None and int(lengths.min()) < features.shape[0]:
+            return self._forward_packed(features, traces, episode_starts, lengths)
+        length, batch = episode_starts.shape
         # --- Features' share of the synapses' input layer, for every step in one product ---
         projected = self.synapses.project_features(features)  # (L, B, W)
-        # Sequence replays start episodes only at their first step; skipping resets that change nothing
-        # leaves the result unchanged.
-        any_start = episode_starts.any(dim=1).tolist()
-        weights = self.synchronisation.weights()  # (P, M), shared by every step
-        state_weight = self.synapses.state_weight()  # (W, D), sliced once for the same reason as unbind below
-        outputs = []
         # unbind: indexing one step at a time would make backward zero-fill a full-sequence gradient per step.
-        for step, (step_projected, step_starts) in enumerate(zip(projected.unbind(0), episode_starts)):
+        outputs, (final,) = self._forward_steps(projected.unbind(0), traces, episode_starts.unbind(0),
+                                                episode_starts.any(dim=1).tolist(), [batch] * length)
+        return torch.stack(outputs), final
+
+    def _forward_steps(
+        self, projected: Sequence[torch.Tensor], traces: Traces, episode_starts: Sequence[torch.Tensor],
+        any_start: list[bool], active: list[int],
+    ) -> tuple[list[torch.Tensor], list[Traces]]:
+        """The step loop shared by full and packed sequences.
+
+        :param projected: per step, the features' synapse projection of its ``active[step]`` sequences.
+        :param traces: traces of all sequences before the first step, each ``(D, B, M)``; sequences are ordered
+            so that the active ones are always a leading block.
+        :param episode_starts: per step, ``(active[step],)``.
+        :param any_start: per step, whether any sequence starts an episode. Replays start episodes mostly at
+            their first step; skipping resets that change nothing leaves the result unchanged.
+        :param active: sequences still running at each step, non-increasing.
+        :return: per step, the synchronisation ``(active[step], P)``; the final traces of the sequences in
+            blocks, one block per step at which some ended and one for those still running at the end.
+        """
+        weights = self.synchronisation.weights()  # (P, M), shared by every step
+        state_weight = self.synapses.state_weight()  # (W, D), sliced once: per-step slices cost a full gradient each
+        outputs, finished = [], []
+        for step, (step_projected, step_starts, running) in enumerate(zip(projected, episode_starts, active)):
+            if running < traces[0].shape[1]:  # sequences that ended leave the batch
+                finished.append(tuple(trace[:, running:] for trace in traces))
+                traces = tuple(trace[:, :running] for trace in traces)
             # --- Reset to the learned start traces where an episode starts ---
             if any_start[step]:
                 traces = self.reset_traces(traces, step_starts)
             # --- Internal ticks ---
             traces = self.think(step_projected, traces, state_weight)
             # --- Output synchronisation over the post-activation window ---
-            outputs.append(self.synchronisation(traces[1], weights))  # (B, P)
-        return torch.stack(outputs), traces
+            outputs.append(self.synchronisation(traces[1], weights))  # (active, P)
+        return outputs, finished + [traces]
+
+    def _forward_packed(
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, Traces]:
+        """:meth:`forward` over padded sequences, computing real steps only: sequences are sorted longest first,
+        so the ones still running at each step are a leading block that shrinks as they end."""
+        length, batch = episode_starts.shape
+        order = torch.argsort(lengths, descending=True, stable=True)
+        real = torch.arange(length, device=lengths.device).unsqueeze(1) < lengths[order].unsqueeze(0)  # (L, B)
+        active = real.sum(dim=1).tolist()
+        step, position = real.nonzero(as_tuple=True)  # real steps, time-major
+        flat = step * batch + order[position]  # their rows in (L * B)
+        # --- Features' share of the synapses' input layer, for the real steps only ---
+        projected = self.synapses.project_features(features.reshape(length * batch, -1)[flat])  # (N, W)
+        starts = episode_starts.reshape(-1)[flat]
+        any_start = (starts.new_zeros(length, dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
+        outputs, finished = self._forward_steps(projected.split(active), tuple(trace[:, order] for trace in traces),
+                                                starts.split(active), any_start, active)
+        # --- Padded steps read zero; traces return to the callers' order ---
+        real_outputs = torch.cat(outputs)  # (N, P)
+        synchronisation = real_outputs.new_zeros(length * batch, self.output_size).index_copy(0, flat, real_outputs)
+        unsort = torch.argsort(order)
+        final = tuple(torch.cat(pieces[::-1], dim=1)[:, unsort] for pieces in zip(*finished))
+        return synchronisation.view(length, batch, -1), final

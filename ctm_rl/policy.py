@@ -25,6 +25,9 @@ from ctm_rl.encoders import ObservationEncoder
 from ctm_rl.errors import ConfigError
 from ctm_rl.synchronisation import synchronisation_size
 
+PADDING = -1.0
+"""``episode_starts`` value of a padded replay step (``ctm_rl.buffers`` marks them); such steps are skipped."""
+
 FlatTraces = tuple[torch.Tensor, torch.Tensor]
 """Traces as ``RecurrentPPO`` stores them: (pre, post), each ``(1, n_seq, d_model * memory_length)``."""
 
@@ -145,18 +148,23 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
         :param features: ``(n_seq * L, F)``, sequence-major.
         :param traces: flat traces before each sequence, each ``(1, n_seq, D * M)``.
-        :param episode_starts: ``(n_seq * L,)``.
-        :return: synchronisation ``(n_seq * L, P)`` and the flat traces after the last step.
+        :param episode_starts: ``(n_seq * L,)``: 1 at episode starts, ``PADDING`` at padded steps.
+        :return: synchronisation ``(n_seq * L, P)`` (zero at padded steps) and the flat traces after each
+            sequence's last real step.
         """
         n_seq = traces[0].shape[1]
-        if not self.carry_traces:
-            episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
         # RecurrentPPO keeps each env's trace as one flat row; the CTM works neuron-major.
         shape = (n_seq, ctm.d_model, ctm.memory_length)
         pre, post = (trace.reshape(shape).transpose(0, 1) for trace in traces)  # (D, n_seq, M)
         features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
         episode_starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)  # (L, n_seq)
-        synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts)  # (L, n_seq, P)
+        # Padding sits at the ends of sequences; the CTM skips it given each sequence's real length.
+        padded = episode_starts == PADDING
+        lengths = (~padded).sum(dim=0) if bool(padded.any()) else None
+        if not self.carry_traces:
+            episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
+        episode_starts = episode_starts.clamp(min=0)
+        synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts, lengths)  # (L, n_seq, P)
         flat = tuple(trace.transpose(0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
         return synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1]), flat
 

@@ -1,8 +1,10 @@
-"""``CtmPPO``: sb3-contrib's ``RecurrentPPO`` with a rollout buffer that stores a shared CTM's traces once.
+"""``CtmPPO``: sb3-contrib's ``RecurrentPPO`` with rollout buffers made for ``CtmPolicy``.
 
-``RecurrentPPO(CtmPolicy, env)`` works unchanged; ``CtmPPO`` only swaps in :mod:`ctm_rl.buffers` when the
-policy is a ``CtmPolicy`` with one CTM for actor and critic, halving the rollout buffer's state memory. The
-learning is identical. Any other policy gets ``RecurrentPPO``'s own buffer.
+``RecurrentPPO(CtmPolicy, env)`` works unchanged; ``CtmPPO`` only swaps in a buffer from
+:mod:`ctm_rl.buffers` when the policy is a ``CtmPolicy``: one that marks the padding of replay minibatches,
+so the CTM computes real steps only, and, when one CTM serves actor and critic, stores its traces once,
+halving the buffer's state memory. The learning is the same up to float rounding. Any other policy gets
+``RecurrentPPO``'s own buffer.
 """
 
 from __future__ import annotations
@@ -10,18 +12,22 @@ from __future__ import annotations
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
-from ctm_rl.buffers import SharedTraceDictRolloutBuffer, SharedTraceRolloutBuffer
+from ctm_rl.buffers import (MarkedDictRolloutBuffer, MarkedRolloutBuffer, SharedTraceDictRolloutBuffer,
+                            SharedTraceRolloutBuffer)
 from ctm_rl.policy import CtmPolicy
 
 
 class CtmPPO(RecurrentPPO):
-    """``RecurrentPPO`` whose rollout buffer stores a shared CTM's traces once (see the module docstring)."""
+    """``RecurrentPPO`` with packed CTM replay and shared traces stored once (see the module docstring)."""
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        if isinstance(self.policy, CtmPolicy) and self.policy.critic_ctm is None:
-            buffer_class = (SharedTraceDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict)
-                            else SharedTraceRolloutBuffer)
+        if isinstance(self.policy, CtmPolicy):
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            if self.policy.critic_ctm is None:
+                buffer_class = SharedTraceDictRolloutBuffer if dict_obs else SharedTraceRolloutBuffer
+            else:
+                buffer_class = MarkedDictRolloutBuffer if dict_obs else MarkedRolloutBuffer
             self.rollout_buffer = buffer_class(
                 self.n_steps, self.observation_space, self.action_space, self.rollout_buffer.hidden_state_shape,
                 self.device, gamma=self.gamma, gae_lambda=self.gae_lambda, n_envs=self.n_envs,

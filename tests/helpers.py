@@ -14,9 +14,10 @@ SMALL_CTM = dict(d_model=32, d_input=16, memory_length=4, nlm_hidden=2, n_synch_
 
 
 def small_model(env: str = "CartPole-NoVel", n_envs: int = 4, n_steps: int = 32, seed: int = 0,
-                policy_class: type = CtmPolicy, max_steps: int | None = None, **policy_kwargs: Any) -> RecurrentPPO:
+                policy_class: type = CtmPolicy, max_steps: int | None = None, algorithm: type = RecurrentPPO,
+                **policy_kwargs: Any) -> RecurrentPPO:
     kwargs = SMALL_CTM | policy_kwargs if policy_class is CtmPolicy else policy_kwargs
-    return RecurrentPPO(policy_class, make_env(env, n_envs=n_envs, seed=seed, max_steps=max_steps), n_steps=n_steps,
+    return algorithm(policy_class, make_env(env, n_envs=n_envs, seed=seed, max_steps=max_steps), n_steps=n_steps,
                         batch_size=n_steps * n_envs // 2, n_epochs=1, seed=seed, policy_kwargs=kwargs)
 
 

@@ -7,7 +7,7 @@ import torch
 from sb3_contrib import RecurrentPPO
 
 from ctm_rl import CtmPolicy, bench
-from ctm_rl.buffers import SharedTraceRolloutBuffer
+from ctm_rl.buffers import MarkedRolloutBuffer, SharedTraceRolloutBuffer
 from ctm_rl.ppo import CtmPPO
 from envs import make_env
 
@@ -20,7 +20,7 @@ def _model(algorithm, share_ctm=True, seed=0):
                      policy_kwargs=dict(SMALL, share_ctm=share_ctm))
 
 
-def test_shared_ctm_buffer_stores_traces_once_and_learns_identically():
+def test_shared_ctm_buffer_stores_traces_once_and_learns_the_same():
     # Built and trained one after the other: both seed the global random generators they draw from.
     plain = _model(RecurrentPPO)
     plain.learn(60)
@@ -30,13 +30,14 @@ def test_shared_ctm_buffer_stores_traces_once_and_learns_identically():
     trace_bytes = SMALL["d_model"] * SMALL["memory_length"] * 4
     assert bench.buffer_bytes_per_step(plain)["state_bytes_per_step"] == 4 * trace_bytes
     assert bench.buffer_bytes_per_step(lean)["state_bytes_per_step"] == 2 * trace_bytes
+    # Packed replay sums in another order than the padded one: equal up to float rounding.
     for (name, a), b in zip(plain.policy.state_dict().items(), lean.policy.state_dict().values()):
-        assert torch.equal(a, b), name
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_separate_critic_keeps_sb3_contrib_buffer():
+def test_separate_critic_gets_padding_marks_without_shared_traces():
     model = _model(CtmPPO, share_ctm=False)
-    assert type(model.rollout_buffer).__name__ == "RecurrentRolloutBuffer"
+    assert type(model.rollout_buffer) is MarkedRolloutBuffer
 
 
 def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypatch):

@@ -59,3 +59,49 @@ def test_no_grad_rollout_path_equals_the_plain_definition():
         fast, _ = ctm(features, _neuron_major(traces), starts)
         plain, _ = reference_forward(ctm, features, traces, starts)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ticks, nlm_hidden, synapse_depth", [(1, 4, 1), (3, 0, 3)])
+@pytest.mark.parametrize("lengths", [[7, 3, 5, 1, 7, 2], [2, 7, 7, 7, 7, 7], [7, 6, 5, 4, 3, 2]])
+def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidden, synapse_depth):
+    """Padded sequences with their lengths: real steps computed by the plain definition, one sequence at a
+    time; padded steps read zero; final traces are those after each sequence's last real step; gradients
+    of any loss over real steps agree."""
+    torch.manual_seed(2)
+    ctm = ContinuousThoughtMachine(6, d_model=24, ticks=ticks, memory_length=4, nlm_hidden=nlm_hidden,
+                                   synapse_depth=synapse_depth, n_synch_out=6)
+    features, traces, starts = _inputs(ctm, length=7, batch=len(lengths))
+    lengths = torch.tensor(lengths)
+    real = torch.arange(7).unsqueeze(1) < lengths.unsqueeze(0)  # (L, B)
+    starts = starts * real  # padding has no episode starts, as in a replay minibatch
+    loss_weights = torch.randn(7, len(lengths), ctm.output_size) * real.unsqueeze(-1)
+
+    packed, packed_traces = ctm(features, _neuron_major(traces), starts, lengths)
+    packed_grads = torch.autograd.grad((packed * loss_weights).sum(), list(ctm.parameters()), allow_unused=True)
+
+    alone_loss, alone_outputs, alone_traces = 0.0, [], []
+    for b, n in enumerate(lengths.tolist()):
+        output, final = reference_forward(ctm, features[:n, b:b + 1], tuple(t[b:b + 1] for t in traces),
+                                          starts[:n, b:b + 1])
+        alone_loss = alone_loss + (output * loss_weights[:n, b:b + 1]).sum()
+        alone_outputs.append(torch.cat([output, output.new_zeros(7 - n, 1, ctm.output_size)]))
+        alone_traces.append(final)
+    alone_grads = torch.autograd.grad(alone_loss, list(ctm.parameters()), allow_unused=True)
+
+    torch.testing.assert_close(packed, torch.cat(alone_outputs, dim=1), atol=1e-5, rtol=1e-5)
+    for i, packed_trace in enumerate(_neuron_major(packed_traces)):
+        torch.testing.assert_close(packed_trace, torch.cat([t[i] for t in alone_traces]), atol=1e-5, rtol=1e-5)
+    for (name, _), packed_grad, alone_grad in zip(ctm.named_parameters(), packed_grads, alone_grads):
+        assert (packed_grad is None) == (alone_grad is None), name
+        if packed_grad is not None:
+            torch.testing.assert_close(packed_grad, alone_grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_full_lengths_take_the_unpacked_path():
+    torch.manual_seed(3)
+    ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=3, n_synch_out=4)
+    features, traces, starts = _inputs(ctm, length=5, batch=4)
+    with torch.no_grad():
+        full, full_traces = ctm(features, _neuron_major(traces), starts)
+        same, same_traces = ctm(features, _neuron_major(traces), starts, torch.full((4,), 5))
+    assert torch.equal(full, same) and all(torch.equal(a, b) for a, b in zip(full_traces, same_traces))

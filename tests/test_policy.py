@@ -10,6 +10,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 
 from ctm_rl import CtmPolicy, UnsupportedSpaceError
+from ctm_rl.policy import PADDING
+from ctm_rl.ppo import CtmPPO
 from ctm_rl.encoders import GridEncoder, ObservationEncoder, VectorEncoder
 
 REPLAY_CASES = [
@@ -23,20 +25,26 @@ def _discrete_actions(model, actions):
     return actions.long().flatten() if isinstance(model.action_space, spaces.Discrete) else actions
 
 
+@pytest.mark.parametrize("algorithm", [RecurrentPPO, CtmPPO], ids=["padded", "packed"])
 @pytest.mark.parametrize("env, policy_kwargs", REPLAY_CASES)
-def test_sequence_replay_reproduces_rollout(env, policy_kwargs):
-    model = small_model(env, **policy_kwargs)
+def test_sequence_replay_reproduces_rollout(env, policy_kwargs, algorithm):
+    model = small_model(env, algorithm=algorithm, **policy_kwargs)
     collect_rollout(model)
     buffer = model.rollout_buffer
     assert buffer.episode_starts[1:].sum() > 0, "the rollout must contain episode starts"
+    padded_steps = 0
     with torch.no_grad():
         for batch in buffer.get(batch_size=48):
+            padded_steps += int((batch.mask == 0).sum())
+            if algorithm is CtmPPO:
+                assert torch.equal(batch.episode_starts == PADDING, batch.mask == 0)
             values, log_prob, _ = model.policy.evaluate_actions(
                 batch.observations, _discrete_actions(model, batch.actions), batch.lstm_states, batch.episode_starts)
             mask = batch.mask > 0
             assert torch.allclose(log_prob[mask], batch.old_log_prob[mask], atol=1e-5)
             assert torch.allclose(values.flatten()[mask], batch.old_values[mask], atol=1e-5)
             assert torch.allclose(torch.exp(log_prob - batch.old_log_prob)[mask], torch.ones(int(mask.sum())), atol=1e-5)
+    assert padded_steps > 0, "the minibatches must contain padding"
 
 
 def test_whole_env_trajectories_replay_across_episode_starts():
