@@ -328,6 +328,12 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         lines.append(f"| {s.agent} | {s.parameters:,} | {s.runs} | {_interval(s.iqm)} | {_interval(s.mean)} | "
                      f"{_interval(s.median)} | {improvement} | {_steps_to_threshold(s.steps_to_threshold)} | "
                      f"{sps.mean():,.0f} ± {sps.std():,.0f} |")
+    lines += ["", "Settings per agent (preset with overrides, as trained):", "",
+              "| agent | algorithm | policy |", "|---|---|---|"]
+    for agent, results in runs.items():
+        algo = ", ".join(f"{k}={v}" for k, v in results[0]["algo"].items())
+        policy = ", ".join(f"{k}={v}" for k, v in results[0]["policy"].items())
+        lines.append(f"| {agent} | {algo} | {policy} |")
     lines.append("")
     for name, caption in PLOTS.items():
         lines += [f"![{caption}]({images}{name})", ""]
