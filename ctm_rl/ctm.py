@@ -48,6 +48,12 @@ def check_ctm_config(
         raise ConfigError(f"initial_decay must lie in the decay clamp range [0, {MAX_DECAY:g}], got {initial_decay!r}.")
 
 
+def _is_batch_major(sequence: torch.Tensor) -> bool:
+    """Whether an ``(L, B, ...)`` tensor is a transposed view of a contiguous ``(B, L, ...)`` one, as the
+    policy's sequence-major replay batches are."""
+    return not sequence.is_contiguous() and sequence.transpose(0, 1).is_contiguous()
+
+
 class ContinuousThoughtMachine(nn.Module):
     """A CTM whose traces carry across calls.
 
@@ -118,19 +124,17 @@ class ContinuousThoughtMachine(nn.Module):
         return (torch.where(starts, self.start_pre_trace.unsqueeze(1), pre),
                 torch.where(starts, self.start_post_trace.unsqueeze(1), post))
 
-    def think(self, projected_features: torch.Tensor, traces: Traces, state_weight: torch.Tensor | None = None) -> Traces:
+    def think(self, projected_features: torch.Tensor, traces: Traces) -> Traces:
         """Run the internal ticks of one environment step.
 
         :param projected_features: ``(B, W)``, this step's :meth:`Synapses.project_features`.
         :param traces: traces before the step.
-        :param state_weight: :meth:`Synapses.state_weight`, if already sliced.
         :return: traces after the step.
         """
         pre, post = traces
-        state_weight = self.synapses.state_weight() if state_weight is None else state_weight
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
-            pre_activation = self.synapses(projected_features, post[:, :, -1].t(), state_weight)  # (B, D)
+            pre_activation = self.synapses(projected_features, post[:, :, -1].t())  # (B, D)
             pre = torch.cat((pre[:, :, 1:], pre_activation.t().unsqueeze(-1)), dim=-1)  # (D, B, M)
             # --- Neuron-level models: each neuron reads its own pre-activation history ---
             post_activation = self.nlms(pre)  # (D, B)
@@ -155,7 +159,10 @@ class ContinuousThoughtMachine(nn.Module):
             return self._forward_packed(features, traces, episode_starts, lengths)
         length, batch = episode_starts.shape
         # --- Features' share of the synapses' input layer, for every step in one product ---
-        projected = self.synapses.project_features(features)  # (L, B, W)
+        if _is_batch_major(features):  # project in memory order: no copy of the (possibly wide) features
+            projected = self.synapses.project_features(features.transpose(0, 1)).transpose(0, 1)  # (L, B, W)
+        else:
+            projected = self.synapses.project_features(features)  # (L, B, W)
         # unbind: indexing one step at a time would make backward zero-fill a full-sequence gradient per step.
         outputs, (final,) = self._forward_steps(projected.unbind(0), traces, episode_starts.unbind(0),
                                                 episode_starts.any(dim=1).tolist(), [batch] * length)
@@ -178,7 +185,6 @@ class ContinuousThoughtMachine(nn.Module):
             blocks, one block per step at which some ended and one for those still running at the end.
         """
         weights = self.synchronisation.weights()  # (P, M), shared by every step
-        state_weight = self.synapses.state_weight()  # (W, D), sliced once: per-step slices cost a full gradient each
         outputs, finished = [], []
         for step, (step_projected, step_starts, running) in enumerate(zip(projected, episode_starts, active)):
             if running < traces[0].shape[1]:  # sequences that ended leave the batch
@@ -188,7 +194,7 @@ class ContinuousThoughtMachine(nn.Module):
             if any_start[step]:
                 traces = self.reset_traces(traces, step_starts)
             # --- Internal ticks ---
-            traces = self.think(step_projected, traces, state_weight)
+            traces = self.think(step_projected, traces)
             # --- Output synchronisation over the post-activation window ---
             outputs.append(self.synchronisation(traces[1], weights))  # (active, P)
         return outputs, finished + [traces]
@@ -205,7 +211,11 @@ class ContinuousThoughtMachine(nn.Module):
         step, position = real.nonzero(as_tuple=True)  # real steps, time-major
         flat = step * batch + order[position]  # their rows in (L * B)
         # --- Features' share of the synapses' input layer, for the real steps only ---
-        projected = self.synapses.project_features(features.reshape(length * batch, -1)[flat])  # (N, W)
+        if _is_batch_major(features):  # gather in memory order: no copy of the (possibly wide) features
+            real_features = features.transpose(0, 1).reshape(batch * length, -1)[order[position] * length + step]
+        else:
+            real_features = features.reshape(length * batch, -1)[flat]
+        projected = self.synapses.project_features(real_features)  # (N, W)
         starts = episode_starts.reshape(-1)[flat]
         any_start = (starts.new_zeros(length, dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
         outputs, finished = self._forward_steps(projected.split(active), tuple(trace[:, order] for trace in traces),

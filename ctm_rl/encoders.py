@@ -80,16 +80,20 @@ class GridEncoder(BaseFeaturesExtractor):
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         # SB3 hands observations over as floats; the grid holds small integer indices.
         grid = torch.minimum(observations.long().clamp(min=0), self.index_max)  # (B, H, W, 3)
-        cells = torch.cat(
-            (
-                self.objects(grid[..., 0]),
-                self.colours(grid[..., 1]),
-                self.states(grid[..., 2]),
-                self.cells.expand(grid.shape[0], -1, -1, -1),
-            ),
-            dim=-1,
-        )  # (B, H, W, 4 * E)
-        return self.project(cells).flatten(1)  # (B, H * W * d_input)
+        height, width = grid.shape[1:3]
+        # A cell's features depend only on its position and its three indices, and most of these combinations
+        # repeat across a batch (walls, floor, unseen cells): each distinct one is encoded once.
+        position = torch.arange(height * width, device=grid.device).view(1, height, width)
+        codes = ((position * MINIGRID_OBJECTS + grid[..., 0]) * MINIGRID_COLOURS + grid[..., 1]) * MINIGRID_STATES \
+            + grid[..., 2]  # (B, H, W)
+        distinct, inverse = torch.unique(codes, return_inverse=True)  # (U,), (B, H, W)
+        state, rest = distinct % MINIGRID_STATES, distinct // MINIGRID_STATES
+        colour, rest = rest % MINIGRID_COLOURS, rest // MINIGRID_COLOURS
+        kind, cell = rest % MINIGRID_OBJECTS, rest // MINIGRID_OBJECTS
+        embedded = torch.cat(
+            (self.objects(kind), self.colours(colour), self.states(state), self.cells.flatten(0, 1)[cell]), dim=-1
+        )  # (U, 4 * E)
+        return self.project(embedded)[inverse].flatten(1)  # (B, H * W * d_input)
 
 
 def _encoder_for(space: gym.Space, d_input: int, key: str | None = None) -> BaseFeaturesExtractor:

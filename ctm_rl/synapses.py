@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,8 @@ class Synapses(nn.Module):
     one linear layer over the concatenated input. The features do not change between ticks and are known
     for a whole sequence in advance, so their share of that layer (:meth:`project_features`) is computed
     once, as one matrix product, and each tick adds only the post-activations' share (:meth:`forward`).
+    The layer's weight is kept as those two blocks, ``feature_weight`` and ``recurrent_weight``: slicing one
+    weight would make every backward pass zero-fill and copy a gradient the size of the whole weight.
 
     :param d_features: width of the features.
     :param d_model: number of neurons.
@@ -63,7 +67,11 @@ class Synapses(nn.Module):
         super().__init__()
         self.d_features = d_features
         width = 2 * d_model if depth == 1 else d_model
-        self.input_layer = nn.Linear(d_features + d_model, width)
+        # Initialised as one nn.Linear(d_features + d_model, width) would be.
+        bound = 1.0 / math.sqrt(d_features + d_model)
+        self.feature_weight = nn.Parameter(torch.empty(width, d_features).uniform_(-bound, bound))
+        self.recurrent_weight = nn.Parameter(torch.empty(width, d_model).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(width).uniform_(-bound, bound))
         if depth == 1:
             self.body: nn.Module = nn.Sequential(nn.GLU(dim=-1), nn.LayerNorm(d_model), *_glu_block(d_model, d_model))
         else:
@@ -71,19 +79,10 @@ class Synapses(nn.Module):
 
     def project_features(self, features: torch.Tensor) -> torch.Tensor:
         """The features' share of the input layer, bias included: ``(..., d_features) -> (..., width)``."""
-        return F.linear(features, self.input_layer.weight[:, : self.d_features], self.input_layer.bias)
+        return F.linear(features, self.feature_weight, self.bias)
 
-    def state_weight(self) -> torch.Tensor:
-        """The post-activations' share of the input layer's weight, ``(width, d_model)``. Callers that run many
-        ticks slice it once: under autograd every slice adds a full-weight-sized gradient in backward."""
-        return self.input_layer.weight[:, self.d_features :]
-
-    def forward(
-        self, projected_features: torch.Tensor, post_activation: torch.Tensor, state_weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, projected_features: torch.Tensor, post_activation: torch.Tensor) -> torch.Tensor:
         """:param projected_features: :meth:`project_features` of this step's features, ``(B, width)``.
         :param post_activation: the latest post-activations, ``(B, d_model)``.
-        :param state_weight: :meth:`state_weight`, if already sliced.
         :return: new pre-activations ``(B, d_model)``."""
-        state_weight = self.state_weight() if state_weight is None else state_weight
-        return self.body(torch.addmm(projected_features, post_activation, state_weight.t()))
+        return self.body(torch.addmm(projected_features, post_activation, self.recurrent_weight.t()))

@@ -32,7 +32,10 @@ def reference_synchronisation(ctm, post_trace):
 def reference_forward(ctm, features, traces, episode_starts):
     """features (L, B, F); traces batch-major (B, D, M) each; episode_starts (L, B)."""
     pre, post = traces
-    synapse_net = torch.nn.Sequential(ctm.synapses.input_layer, ctm.synapses.body)
+    synapses = ctm.synapses
+    # The synapses' input layer as one linear map over the concatenated (features, post-activations).
+    input_weight = torch.cat((synapses.feature_weight, synapses.recurrent_weight), dim=1)
+    synapse_net = lambda x: synapses.body(torch.nn.functional.linear(x, input_weight, synapses.bias))  # noqa: E731
     outputs = []
     for step in range(features.shape[0]):
         start = episode_starts[step].bool().view(-1, 1, 1)

@@ -1,6 +1,7 @@
 """The optimised CTM (neuron-major traces, features projected once per sequence, pairs gathered from the
 synchronised neurons only, batched private products) computes what the plain definition computes."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,46 @@ def test_full_lengths_take_the_unpacked_path():
         full, full_traces = ctm(features, _neuron_major(traces), starts)
         same, same_traces = ctm(features, _neuron_major(traces), starts, torch.full((4,), 5))
     assert torch.equal(full, same) and all(torch.equal(a, b) for a, b in zip(full_traces, same_traces))
+
+
+def test_grid_encoder_encoding_distinct_cells_once_equals_encoding_every_cell():
+    from gymnasium import spaces
+
+    from ctm_rl.encoders import GridEncoder
+
+    torch.manual_seed(4)
+    encoder = GridEncoder(spaces.Box(0, 10, (5, 4, 3), dtype=np.int64), d_input=8)
+    generator = torch.Generator().manual_seed(5)
+    # Few distinct values, as in MiniGrid, and out-of-range indices that the encoder clips.
+    grid = torch.stack([torch.randint(0, 3, (6, 5, 4), generator=generator),
+                        torch.randint(0, 2, (6, 5, 4), generator=generator),
+                        torch.randint(0, 4, (6, 5, 4), generator=generator)], dim=-1).float()
+
+    fast = encoder(grid)
+    clipped = torch.minimum(grid.long(), encoder.index_max)
+    every_cell = torch.cat((encoder.objects(clipped[..., 0]), encoder.colours(clipped[..., 1]),
+                            encoder.states(clipped[..., 2]), encoder.cells.expand(6, -1, -1, -1)), dim=-1)
+    plain = encoder.project(every_cell).flatten(1)
+    assert fast.shape == plain.shape == (6, 5 * 4 * 8)
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(plain)
+    fast_grads = torch.autograd.grad((fast * weights).sum(), list(encoder.parameters()))
+    plain_grads = torch.autograd.grad((plain * weights).sum(), list(encoder.parameters()))
+    for (name, _), a, b in zip(encoder.named_parameters(), fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4, 5]])
+def test_batch_major_features_give_the_same_result(lengths):
+    """Replay batches arrive as transposed views of (B, L, F); the CTM reads them in memory order."""
+    torch.manual_seed(6)
+    ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=3, n_synch_out=4)
+    features, traces, starts = _inputs(ctm, length=5, batch=4)
+    batch_major = features.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not batch_major.is_contiguous()
+    lengths = None if lengths is None else torch.tensor(lengths)
+    time_major_out, time_major_traces = ctm(features, _neuron_major(traces), starts, lengths)
+    batch_major_out, batch_major_traces = ctm(batch_major, _neuron_major(traces), starts, lengths)
+    torch.testing.assert_close(batch_major_out, time_major_out, atol=1e-6, rtol=1e-6)
+    for a, b in zip(batch_major_traces, time_major_traces):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -233,9 +233,18 @@ def test_user_features_extractor_is_used():
 
     model = small_model(features_extractor_class=Doubler, features_extractor_kwargs={"width": 7})
     assert isinstance(model.policy.features_extractor, Doubler)
-    assert model.policy.ctm.synapses.input_layer.in_features == 7 + SMALL_CTM["d_model"]
+    assert model.policy.ctm.synapses.feature_weight.shape[1] == 7
 
 
 def test_unsupported_observation_space_raises_clear_error():
     with pytest.raises(UnsupportedSpaceError, match="Unsupported observation space.*Text.*FlattenObservation"):
         CtmPolicy(spaces.Text(5), spaces.Discrete(2), lambda _: 1e-3, **SMALL_CTM)
+
+
+def test_default_adam_is_fused_and_user_optimizer_kwargs_win():
+    from ctm_rl.policy import _HAS_FUSED_ADAM
+
+    defaults = small_model().policy.optimizer.defaults
+    assert defaults["eps"] == 1e-5 and bool(defaults["fused"]) == _HAS_FUSED_ADAM
+    custom = small_model(optimizer_kwargs={"eps": 1e-3}).policy.optimizer.defaults
+    assert custom["eps"] == 1e-3 and not custom["fused"]
