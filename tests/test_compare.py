@@ -171,3 +171,9 @@ def test_ray_backend_gives_the_same_comparison(tmp_path):
     columns = ("agent", "seed", "step", "return_mean", "return_std", "length_mean", "episodes")
     strip = lambda rows: [tuple(r[c] for c in columns) for r in rows]
     assert strip(_read_csv(remote / "curves.csv")) == strip(_read_csv(local / "curves.csv"))
+
+
+def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # makes `import ray` fail
+    assert compare.main([*TINY, "--seeds", "1", "--out", str(tmp_path / "cmp"), "--backend", "ray"]) == 2
+    assert "pip install 'ctm-rl[ray]'" in capsys.readouterr().err
