@@ -143,7 +143,7 @@ class ContinuousThoughtMachine(nn.Module):
 
     def forward(
         self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor,
-        lengths: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None, features_projected: bool = False,
     ) -> tuple[torch.Tensor, Traces]:
         """Process a time-major sequence of environment steps.
 
@@ -152,14 +152,18 @@ class ContinuousThoughtMachine(nn.Module):
         :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
         :param lengths: ``(B,)`` real steps of each sequence, when sequences shorter than ``L`` are padded at
             the end (as in a recurrent replay minibatch). Padded steps are then skipped, not computed.
+        :param features_projected: ``features`` are already their :meth:`Synapses.project_features`, ``(L, B, W)``
+            (an encoder can compute that product more cheaply than the features themselves).
         :return: synchronisation ``(L, B, output_size)`` (zero at padded steps) and the traces after each
             sequence's last real step.
         """
         if lengths is not None and int(lengths.min()) < features.shape[0]:
-            return self._forward_packed(features, traces, episode_starts, lengths)
+            return self._forward_packed(features, traces, episode_starts, lengths, features_projected)
         length, batch = episode_starts.shape
         # --- Features' share of the synapses' input layer, for every step in one product ---
-        if _is_batch_major(features):  # project in memory order: no copy of the (possibly wide) features
+        if features_projected:
+            projected = features
+        elif _is_batch_major(features):  # project in memory order: no copy of the (possibly wide) features
             projected = self.synapses.project_features(features.transpose(0, 1)).transpose(0, 1)  # (L, B, W)
         else:
             projected = self.synapses.project_features(features)  # (L, B, W)
@@ -200,7 +204,8 @@ class ContinuousThoughtMachine(nn.Module):
         return outputs, finished + [traces]
 
     def _forward_packed(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, lengths: torch.Tensor
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, lengths: torch.Tensor,
+        features_projected: bool = False,
     ) -> tuple[torch.Tensor, Traces]:
         """:meth:`forward` over padded sequences, computing real steps only: sequences are sorted longest first,
         so the ones still running at each step are a leading block that shrinks as they end."""
@@ -215,7 +220,7 @@ class ContinuousThoughtMachine(nn.Module):
             real_features = features.transpose(0, 1).reshape(batch * length, -1)[order[position] * length + step]
         else:
             real_features = features.reshape(length * batch, -1)[flat]
-        projected = self.synapses.project_features(real_features)  # (N, W)
+        projected = real_features if features_projected else self.synapses.project_features(real_features)  # (N, W)
         starts = episode_starts.reshape(-1)[flat]
         any_start = (starts.new_zeros(length, dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
         outputs, finished = self._forward_steps(projected.split(active), tuple(trace[:, order] for trace in traces),

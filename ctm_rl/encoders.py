@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
@@ -59,6 +62,17 @@ class VectorEncoder(BaseFeaturesExtractor):
         return self.net(observations)
 
 
+class DistinctCells(NamedTuple):
+    """A batch of grids as its distinct cells."""
+
+    values: torch.Tensor
+    """``(U, d_input)``, the encoding of each distinct (position, object, colour, state)."""
+    cell: torch.Tensor
+    """``(U,)``, the grid position (row-major) of each, in ascending order."""
+    index: torch.Tensor
+    """``(B, H * W)``, the row of ``values`` for every cell of every grid."""
+
+
 class GridEncoder(BaseFeaturesExtractor):
     """MiniGrid symbolic grid ``(B, H, W, 3)`` -> ``H * W * d_input`` features.
 
@@ -77,15 +91,18 @@ class GridEncoder(BaseFeaturesExtractor):
         self.project = _projection(4 * embedding_dim, d_input)
         self.register_buffer("index_max", torch.tensor([MINIGRID_OBJECTS - 1, MINIGRID_COLOURS - 1, MINIGRID_STATES - 1]))
 
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+    def encode_distinct(self, observations: torch.Tensor) -> DistinctCells:
+        """Encode each distinct (position, object, colour, state) of the batch once.
+
+        A cell's features depend only on these, and most combinations repeat across a batch (walls, floor,
+        unseen cells).
+        """
         # SB3 hands observations over as floats; the grid holds small integer indices.
         grid = torch.minimum(observations.long().clamp(min=0), self.index_max)  # (B, H, W, 3)
         height, width = grid.shape[1:3]
-        # A cell's features depend only on its position and its three indices, and most of these combinations
-        # repeat across a batch (walls, floor, unseen cells): each distinct one is encoded once.
         position = torch.arange(height * width, device=grid.device).view(1, height, width)
         codes = ((position * MINIGRID_OBJECTS + grid[..., 0]) * MINIGRID_COLOURS + grid[..., 1]) * MINIGRID_STATES \
-            + grid[..., 2]  # (B, H, W)
+            + grid[..., 2]  # (B, H, W), ordered by position first
         distinct, inverse = torch.unique(codes, return_inverse=True)  # (U,), (B, H, W)
         state, rest = distinct % MINIGRID_STATES, distinct // MINIGRID_STATES
         colour, rest = rest % MINIGRID_COLOURS, rest // MINIGRID_COLOURS
@@ -93,7 +110,31 @@ class GridEncoder(BaseFeaturesExtractor):
         embedded = torch.cat(
             (self.objects(kind), self.colours(colour), self.states(state), self.cells.flatten(0, 1)[cell]), dim=-1
         )  # (U, 4 * E)
-        return self.project(embedded)[inverse].flatten(1)  # (B, H * W * d_input)
+        return DistinctCells(self.project(embedded), cell, inverse.flatten(1))
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        cells = self.encode_distinct(observations)
+        return cells.values[cells.index].flatten(1)  # (B, H * W * d_input)
+
+    def linear(self, observations: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.linear(self(observations), weight, bias)``, computed without the ``(B, H * W * d_input)`` features:
+        each distinct cell's encoding meets its position's block of the weight once, and every observation
+        sums its cells' products. For the CTM's synapses this is most of the work of a MiniGrid step.
+
+        :param weight: ``(out, H * W * d_input)``.
+        :return: ``(B, out)``.
+        """
+        cells = self.encode_distinct(observations)
+        n_cells = cells.index.shape[1]
+        blocks = weight.view(weight.shape[0], n_cells, -1).permute(1, 2, 0)  # (H * W, d_input, out)
+        # Lay the distinct values out per position, padded to the most any position has, for one batched product.
+        counts = torch.bincount(cells.cell, minlength=n_cells)
+        slot = torch.arange(len(cells.cell), device=cells.cell.device) - (torch.cumsum(counts, 0) - counts)[cells.cell]
+        per_cell = cells.values.new_zeros(n_cells, int(counts.max()), cells.values.shape[1]).index_put(
+            (cells.cell, slot), cells.values)  # (H * W, most, d_input)
+        products = torch.bmm(per_cell, blocks)[cells.cell, slot]  # (U, out)
+        summed = F.embedding_bag(cells.index, products, mode="sum")  # (B, out)
+        return summed if bias is None else summed + bias
 
 
 def _encoder_for(space: gym.Space, d_input: int, key: str | None = None) -> BaseFeaturesExtractor:
@@ -128,6 +169,12 @@ class ObservationEncoder(BaseFeaturesExtractor):
         super().__init__(observation_space, sum(e.features_dim for e in encoders.values()))
         self.encoders = nn.ModuleDict(encoders)
         self.is_dict = isinstance(observation_space, spaces.Dict)
+
+    @property
+    def grid(self) -> GridEncoder | None:
+        """The grid encoder when the whole observation is one MiniGrid grid (see :meth:`GridEncoder.linear`)."""
+        encoder = None if self.is_dict else self.encoders["obs"]
+        return encoder if isinstance(encoder, GridEncoder) else None
 
     def forward(self, observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.is_dict:

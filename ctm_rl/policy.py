@@ -16,8 +16,9 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from ctm_rl.ctm import ContinuousThoughtMachine, check_ctm_config
@@ -114,6 +115,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         )
         self.d_input = d_input
         self.carry_traces = carry_traces
+        # Compute MiniGrid grids' synapse projections from their distinct cells (False: from the features).
+        self.project_cells = True
         self.share_ctm = share_ctm
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
             optimizer_kwargs = {"eps": 1e-5, **({"fused": True} if _HAS_FUSED_ADAM else {})}
@@ -148,12 +151,26 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     # --- Recurrent core ---------------------------------------------------------------------------------
 
+    def _ctm_input(self, obs: PyTorchObs, extractor: BaseFeaturesExtractor,
+                   ctm: ContinuousThoughtMachine) -> tuple[torch.Tensor, bool]:
+        """What ``ctm`` reads from the observations: the features, or, for a MiniGrid grid, their synapse
+        projection computed straight from the distinct cells (the same numbers without the wide features).
+
+        :return: ``(N, F)`` features or ``(N, W)`` projections, and whether they are projections.
+        """
+        grid = extractor.grid if isinstance(extractor, ObservationEncoder) and self.project_cells else None
+        if grid is None:
+            return BaseModel.extract_features(self, obs, extractor), False
+        obs = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        return grid.linear(obs, ctm.synapses.feature_weight, ctm.synapses.bias), True
+
     def _run_ctm(
-        self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor
+        self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor,
+        features_projected: bool = False,
     ) -> tuple[torch.Tensor, FlatTraces]:
         """Run ``ctm`` over a batch of sequences laid out as ``RecurrentPPO`` does.
 
-        :param features: ``(n_seq * L, F)``, sequence-major.
+        :param features: ``(n_seq * L, F)``, sequence-major (or their projections, see ``features_projected``).
         :param traces: flat traces before each sequence, each ``(1, n_seq, D * M)``.
         :param episode_starts: ``(n_seq * L,)``: 1 at episode starts, ``PADDING`` at padded steps.
         :return: synchronisation ``(n_seq * L, P)`` (zero at padded steps) and the flat traces after each
@@ -171,20 +188,21 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         if not self.carry_traces:
             episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
         episode_starts = episode_starts.clamp(min=0)
-        synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts, lengths)  # (L, n_seq, P)
+        synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts, lengths,
+                                           features_projected)  # (L, n_seq, P)
         flat = tuple(trace.transpose(0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
         return synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1]), flat
 
     def _latents(
         self, obs: torch.Tensor, states: RNNStates, episode_starts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
-        features = self.extract_features(obs)
-        pi_features, vf_features = (features, features) if self.share_features_extractor else features
-        latent_pi, traces_pi = self._run_ctm(self.ctm, pi_features, states.pi, episode_starts)
+        features, projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
+        latent_pi, traces_pi = self._run_ctm(self.ctm, features, states.pi, episode_starts, projected)
         if self.critic_ctm is None:
             latent_vf, traces_vf = latent_pi, traces_pi
         else:
-            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, vf_features, states.vf, episode_starts)
+            features, projected = self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm)
+            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, features, states.vf, episode_starts, projected)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
@@ -211,14 +229,14 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     def get_distribution(
         self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor
     ) -> tuple[Distribution, FlatTraces]:
-        features = BaseModel.extract_features(self, obs, self.pi_features_extractor)
-        latent_pi, traces = self._run_ctm(self.ctm, features, lstm_states, episode_starts)
+        features, projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
+        latent_pi, traces = self._run_ctm(self.ctm, features, lstm_states, episode_starts, projected)
         return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), traces
 
     def predict_values(self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor) -> torch.Tensor:
-        features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
         ctm = self.ctm if self.critic_ctm is None else self.critic_ctm
-        latent_vf, _ = self._run_ctm(ctm, features, lstm_states, episode_starts)
+        features, projected = self._ctm_input(obs, self.vf_features_extractor, ctm)
+        latent_vf, _ = self._run_ctm(ctm, features, lstm_states, episode_starts, projected)
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
 
     def predict(

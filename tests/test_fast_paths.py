@@ -149,3 +149,25 @@ def test_batch_major_features_give_the_same_result(lengths):
     torch.testing.assert_close(batch_major_out, time_major_out, atol=1e-6, rtol=1e-6)
     for a, b in zip(batch_major_traces, time_major_traces):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_grid_linear_equals_linear_of_the_grid_features():
+    from gymnasium import spaces
+
+    from ctm_rl.encoders import GridEncoder
+
+    torch.manual_seed(7)
+    encoder = GridEncoder(spaces.Box(0, 10, (3, 4, 3), dtype=np.int64), d_input=5)
+    generator = torch.Generator().manual_seed(8)
+    grid = torch.randint(0, 3, (9, 3, 4, 3), generator=generator).float()
+    weight = torch.randn(11, 3 * 4 * 5, requires_grad=True)
+    bias = torch.randn(11, requires_grad=True)
+    fast = encoder.linear(grid, weight, bias)
+    plain = torch.nn.functional.linear(encoder(grid), weight, bias)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    loss_weights = torch.randn_like(plain)
+    parameters = [weight, bias, *encoder.parameters()]
+    fast_grads = torch.autograd.grad((fast * loss_weights).sum(), parameters)
+    plain_grads = torch.autograd.grad((plain * loss_weights).sum(), parameters)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

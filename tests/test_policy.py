@@ -248,3 +248,28 @@ def test_default_adam_is_fused_and_user_optimizer_kwargs_win():
     assert defaults["eps"] == 1e-5 and bool(defaults["fused"]) == _HAS_FUSED_ADAM
     custom = small_model(optimizer_kwargs={"eps": 1e-3}).policy.optimizer.defaults
     assert custom["eps"] == 1e-3 and not custom["fused"]
+
+
+@pytest.mark.parametrize("policy_kwargs", [{}, dict(share_ctm=False, share_features_extractor=False)],
+                         ids=["shared", "separate-critic"])
+def test_grid_projection_from_distinct_cells_equals_projecting_the_features(policy_kwargs):
+    model = small_model("MiniGrid-Empty-5x5", algorithm=CtmPPO, max_steps=10, **policy_kwargs)
+    assert model.policy.features_extractor.grid is not None
+    collect_rollout(model)
+    batch = next(model.rollout_buffer.get(batch_size=48))
+    actions = _discrete_actions(model, batch.actions)
+    results = {}
+    for project_cells in (True, False):
+        model.policy.project_cells = project_cells
+        model.policy.zero_grad()
+        values, log_prob, entropy = model.policy.evaluate_actions(batch.observations, actions, batch.lstm_states,
+                                                                  batch.episode_starts)
+        mask = batch.mask > 0
+        (values.flatten()[mask].sum() + log_prob[mask].sum()).backward()
+        results[project_cells] = (values, log_prob, {n: p.grad.clone() for n, p in model.policy.named_parameters()
+                                                     if p.grad is not None})
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=1e-5)
+    assert results[True][2].keys() == results[False][2].keys()
+    for name, grad in results[True][2].items():
+        torch.testing.assert_close(grad, results[False][2][name], atol=1e-4, rtol=1e-4, msg=name)
