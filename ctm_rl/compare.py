@@ -157,7 +157,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
 
     :raises RunInterrupted: if training stopped before its budget.
     """
-    from ctm_rl.machine import machine_description
+    from ctm_rl.machine import code_version, machine_description
     from ctm_rl.train import build_parser, config_from_args, train
 
     torch.set_num_threads(job.threads)
@@ -185,7 +185,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "agent": job.agent, "seed": job.seed, "timesteps": int(model.num_timesteps),
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
-        "machine": machine_description(str(model.device)), "runs_at_once": job.runs_at_once, "policy": config.policy, "algo": config.algo,
+        "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once, "policy": config.policy, "algo": config.algo,
         "evaluations": evaluations,
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,19 @@ def machine_description(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def code_version() -> str:
+    """``ctm-rl <version>``, with the git commit (and ``+changes`` if the tree has uncommitted changes) when the
+    package runs from a git checkout."""
+    from ctm_rl import __version__
+
+    package = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"ctm-rl {__version__}"
+    return f"ctm-rl {__version__} (git {commit}{'+changes' if dirty else ''})"

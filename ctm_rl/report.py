@@ -280,7 +280,7 @@ def _machines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
             m, at_once = run["machine"], run.get("runs_at_once")
             text = (f"{m['processor']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} thread(s) "
                     f"per run, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
-                    + (f", {at_once} runs at a time" if at_once else ""))
+                    + (f", {at_once} runs at a time" if at_once else "") + (f", {run['code']}" if "code" in run else ""))
             if text not in seen:
                 seen.append(text)
     return seen
