@@ -25,6 +25,14 @@ def _neuron_major(traces):
     return tuple(t.transpose(0, 1) for t in traces)
 
 
+def _assert_same_gradients(module, grads, expected):
+    """Per parameter: both unused, or equal to 1e-5 absolute / 1e-4 relative."""
+    for (name, _), grad, other in zip(module.named_parameters(), grads, expected):
+        assert (grad is None) == (other is None), name
+        if grad is not None:
+            torch.testing.assert_close(grad, other, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("synapse_depth", [1, 3])
 @pytest.mark.parametrize("nlm_hidden", [0, 4])
 @pytest.mark.parametrize("ticks", [1, 3])
@@ -46,10 +54,7 @@ def test_forward_and_gradients_equal_the_plain_definition(synapse_depth, nlm_hid
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     for fast_trace, plain_trace in zip(_neuron_major(fast_traces), plain_traces):
         torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
-    for (name, _), fast_grad, plain_grad in zip(ctm.named_parameters(), fast_grads, plain_grads):
-        assert (fast_grad is None) == (plain_grad is None), name
-        if fast_grad is not None:
-            torch.testing.assert_close(fast_grad, plain_grad, atol=1e-5, rtol=1e-4, msg=name)
+    _assert_same_gradients(ctm, fast_grads, plain_grads)
 
 
 def test_no_grad_rollout_path_equals_the_plain_definition():
@@ -92,10 +97,7 @@ def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidd
     torch.testing.assert_close(packed, torch.cat(alone_outputs, dim=1), atol=1e-5, rtol=1e-5)
     for i, packed_trace in enumerate(_neuron_major(packed_traces)):
         torch.testing.assert_close(packed_trace, torch.cat([t[i] for t in alone_traces]), atol=1e-5, rtol=1e-5)
-    for (name, _), packed_grad, alone_grad in zip(ctm.named_parameters(), packed_grads, alone_grads):
-        assert (packed_grad is None) == (alone_grad is None), name
-        if packed_grad is not None:
-            torch.testing.assert_close(packed_grad, alone_grad, atol=1e-5, rtol=1e-4, msg=name)
+    _assert_same_gradients(ctm, packed_grads, alone_grads)
 
 
 def test_full_lengths_take_the_unpacked_path():
