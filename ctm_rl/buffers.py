@@ -42,11 +42,8 @@ class _SharedTraces:
 
     def reset(self) -> None:
         self._plain_buffer.reset(self)
-        # Every rollout step overwrites its row, so the trace arrays are kept from one rollout to the next: new
-        # zeroed arrays this large (n_steps * n_envs * d_model * memory_length) page-fault on every first write.
-        if getattr(self, "_trace_storage", None) is None:
-            self._trace_storage = np.zeros((2, *self.hidden_state_shape), dtype=np.float32)
-        self.hidden_states_pi, self.cell_states_pi = self._trace_storage
+        self.hidden_states_pi = np.zeros(self.hidden_state_shape, dtype=np.float32)
+        self.cell_states_pi = np.zeros(self.hidden_state_shape, dtype=np.float32)
         placeholder = (*self.hidden_state_shape[:-1], 0)
         self.hidden_states_vf = np.zeros(placeholder, dtype=np.float32)
         self.cell_states_vf = np.zeros(placeholder, dtype=np.float32)
