@@ -66,6 +66,8 @@ class CompareConfig(SavedConfig):
     baseline: str | None = None
     """Agent the probability of improvement is measured against; ``None`` takes the first LSTM agent, or else
     the last agent."""
+    description: str | None = None
+    """What the comparison is for and why its budget, shown at the top of its summary."""
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
     RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps")
@@ -205,7 +207,8 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
         config, agents=list(dict.fromkeys(existing.agents + config.agents)),
         seeds=list(dict.fromkeys(existing.seeds + config.seeds)),
         threshold=existing.threshold if config.threshold is None else config.threshold,
-        baseline=existing.baseline if config.baseline is None else config.baseline)
+        baseline=existing.baseline if config.baseline is None else config.baseline,
+        description=existing.description if config.description is None else config.description)
 
 
 def plan(config: CompareConfig, out: Path, device: str = "auto", threads: int = 1,
@@ -316,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: each preset's)")
     parser.add_argument("--threshold", type=float, help="return that counts as solved (default: the env's)")
     parser.add_argument("--baseline", help="agent to measure improvement against (default: the first lstm agent)")
+    parser.add_argument("--description", help="what the comparison is for and why its budget (shown in the summary)")
     parser.add_argument("--out", help="comparison folder (default: comparisons/<env>)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device of the runs")
     parser.add_argument("--backend", default="local", choices=["local", "ray"],
@@ -348,7 +352,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                          seeds=list(range(args.first_seed, args.first_seed + args.seeds)), timesteps=args.timesteps,
                          eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, hyperparams=args.hyperparams,
                          n_envs=args.n_envs, max_steps=args.max_steps, threshold=args.threshold,
-                         baseline=args.baseline)
+                         baseline=args.baseline, description=args.description)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import csv
 import datetime
 import json
 import math
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,8 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     threshold = threshold_of(config)
     baseline = config.baseline_agent()
     lines = [f"{heading} {' vs '.join(runs)} on {config.env}", ""]
+    if config.description:
+        lines += [config.description, ""]
     missing = [f"{agent} ({len(runs.get(agent, []))}/{len(config.seeds)})" for agent in config.agents
                if len(runs.get(agent, [])) < len(config.seeds)]
     lines += [
@@ -340,19 +343,32 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     machines = _machines(runs)
     lines += ["Produced on " + "; ".join(machines) + "." if machines else "", ""]
     if command:
-        lines += ["Command:", "", "```bash", command, "```", ""]
-    lines += ["Per-run curves: `curves.csv`; per-run results: `runs.csv`; parameter counts: `params.csv`. "
-              "Each run's folder (`runs/<agent>/seed<N>/`) holds its config, TensorBoard logs and model.", ""]
+        lines += ["Commands:", "", "```bash", command, "```", ""]
+    lines += [f"Per-run curves: [curves.csv]({images}curves.csv); per-run results: [runs.csv]({images}runs.csv); "
+              f"parameter counts: [params.csv]({images}params.csv). In the comparison folder, each run's folder "
+              "(`runs/<agent>/seed<N>/`) holds its config, TensorBoard logs and model.", ""]
     return "\n".join(lines)
 
 
 def _command(out: Path) -> str | None:
+    """The commands recorded for the comparison, one per line, without their ``--description`` (shown above
+    them) and with a plain ``python`` for this machine's interpreter path."""
     path = out / COMMAND_FILE
     if not path.exists():
         return None
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    # Shown with a plain "python" rather than this machine's interpreter path.
-    return "python -m " + lines[-1].split(" -m ", 1)[1] if lines and " -m " in lines[-1] else None
+    commands = []
+    for line in path.read_text().splitlines():
+        words = shlex.split(line)
+        if "-m" not in words:
+            continue
+        words = ["python", *words[words.index("-m"):]]
+        if "--description" in words:
+            at = words.index("--description")
+            del words[at:at + 2]
+        command = shlex.join(words)
+        if command not in commands:
+            commands.append(command)
+    return "\n".join(commands) or None
 
 
 def write_report(out: Path) -> Path:

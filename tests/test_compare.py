@@ -93,7 +93,8 @@ def test_comparison_folder_summary_and_rerun_of_one_deleted_run(tmp_path, capsys
 
 def test_report_rebuilds_without_training(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
-    assert compare.main([*TINY, "--seeds", "1", "--out", str(out), "--workers", "1"]) == 0
+    assert compare.main([*TINY, "--seeds", "1", "--out", str(out), "--workers", "1",
+                         "--description", "Why this budget."]) == 0
     for name in ("summary.md", "curves.csv", "curves_steps.png", "aggregates.png"):
         (out / name).unlink()
 
@@ -104,7 +105,7 @@ def test_report_rebuilds_without_training(tmp_path, monkeypatch):
     assert compare.main(["--report", str(out), "--page", str(tmp_path / "docs" / "results.md")]) == 0
     assert (out / "summary.md").exists() and (out / "curves_steps.png").exists()
     page = (tmp_path / "docs" / "results.md").read_text()
-    assert "## ctm vs lstm on CartPole-NoVel" in page
+    assert "## ctm vs lstm on CartPole-NoVel\n\nWhy this budget." in page
     assert "](results/cmp/curves_steps.png)" in page
     assert (tmp_path / "docs" / "results" / "cmp" / "aggregates.png").exists()
     assert (tmp_path / "docs" / "results" / "cmp" / "runs.csv").exists()
