@@ -140,13 +140,12 @@ def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_rows(runs: dict[str, list[dict[str, Any]]], threshold: float | None) -> list[dict[str, Any]]:
+def run_rows(runs: dict[str, list[dict[str, Any]]], summaries: list[AgentSummary]) -> list[dict[str, Any]]:
+    """One row per run; steps to threshold come from the agents' summaries (same agents, same run order)."""
     rows = []
-    for agent, results in runs.items():
-        for run in results:
+    for (agent, results), summary in zip(runs.items(), summaries):
+        for run, reached in zip(results, summary.steps_to_threshold):
             e = run["evaluations"]
-            reached = stats.first_reaching(np.array(e["step"]), np.array(e["return_mean"]), threshold) \
-                if threshold is not None else math.nan
             rows.append({"agent": agent, "seed": run["seed"], "final_return": e["return_mean"][-1],
                          "best_return": max(e["return_mean"]), "steps_to_threshold": "" if math.isnan(reached) else int(reached),
                          "parameters": run["parameters"], "steps_per_second": round(run["steps_per_second"], 1),
@@ -371,20 +370,25 @@ def _command(out: Path) -> str | None:
     return "\n".join(commands) or None
 
 
-def write_report(out: Path) -> Path:
-    """Write the CSVs, plots and ``summary.md`` of the comparison in ``out``; return the summary's path."""
+def _build_report(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, Any]]], list[AgentSummary]]:
+    """Write the CSVs, plots and ``summary.md`` of the comparison in ``out``; return what they were made from."""
     config, runs = load_comparison(out)
     summaries = summarise(config, runs)
     curves, runs_table, params = TABLES
     _write_csv(out / curves, curve_rows(runs))
-    _write_csv(out / runs_table, run_rows(runs, threshold_of(config)))
+    _write_csv(out / runs_table, run_rows(runs, summaries))
     _write_csv(out / params, [{"agent": s.agent, "parameters": s.parameters} for s in summaries])
     plot_curves(config, runs, "step", out / "curves_steps.png")
     plot_curves(config, runs, "wall", out / "curves_wall.png")
     plot_aggregates(config, summaries, out / "aggregates.png")
-    summary = out / "summary.md"
-    summary.write_text(summary_markdown(config, runs, summaries, command=_command(out)))
-    return summary
+    (out / "summary.md").write_text(summary_markdown(config, runs, summaries, command=_command(out)))
+    return config, runs, summaries
+
+
+def write_report(out: Path) -> Path:
+    """Write the CSVs, plots and ``summary.md`` of the comparison in ``out``; return the summary's path."""
+    _build_report(out)
+    return out / "summary.md"
 
 
 def write_page(folders: list[Path], page: Path) -> Path:
@@ -392,14 +396,13 @@ def write_page(folders: list[Path], page: Path) -> Path:
     into ``<page stem>/<folder name>/``."""
     sections = []
     for out in folders:
-        write_report(out)
-        config, runs = load_comparison(out)
+        config, runs, summaries = _build_report(out)
         images = page.parent / page.stem / out.name
         images.mkdir(parents=True, exist_ok=True)
         for name in [*PLOTS, *TABLES]:  # the numbers travel with the page
             shutil.copyfile(out / name, images / name)
-        sections.append(summary_markdown(config, runs, summarise(config, runs), images=f"{page.stem}/{out.name}/",
-                                         heading="##", command=_command(out)))
+        sections.append(summary_markdown(config, runs, summaries, images=f"{page.stem}/{out.name}/", heading="##",
+                                         command=_command(out)))
     header = ["# Results: CTM vs LSTM", "",
               f"Generated on {datetime.date.today().isoformat()} by "
               f"`python -m ctm_rl.compare --report {' '.join(str(f) for f in folders)} --page {page}` "
