@@ -142,23 +142,17 @@ class ContinuousThoughtMachine(nn.Module):
         return pre, post
 
     def forward(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor,
-        lengths: torch.Tensor | None = None, features_projected: bool = False,
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, features_projected: bool = False,
     ) -> tuple[torch.Tensor, Traces]:
-        """Process a time-major sequence of environment steps.
+        """Process a time-major batch of equally long sequences of environment steps.
 
         :param features: ``(L, B, d_input)``, features of ``L`` consecutive steps of ``B`` sequences.
         :param traces: traces before the first step, each ``(D, B, M)``.
         :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
-        :param lengths: ``(B,)`` real steps of each sequence, when sequences shorter than ``L`` are padded at
-            the end (as in a recurrent replay minibatch). Padded steps are then skipped, not computed.
         :param features_projected: ``features`` are already their :meth:`Synapses.project_features`, ``(L, B, W)``
             (an encoder can compute that product more cheaply than the features themselves).
-        :return: synchronisation ``(L, B, output_size)`` (zero at padded steps) and the traces after each
-            sequence's last real step.
+        :return: synchronisation ``(L, B, output_size)`` and the traces after the last step.
         """
-        if lengths is not None and int(lengths.min()) < features.shape[0]:
-            return self._forward_packed(features, traces, episode_starts, lengths, features_projected)
         length, batch = episode_starts.shape
         # --- Features' share of the synapses' input layer, for every step in one product ---
         if features_projected:
@@ -171,6 +165,45 @@ class ContinuousThoughtMachine(nn.Module):
         outputs, (final,) = self._forward_steps(projected.unbind(0), traces, episode_starts.unbind(0),
                                                 episode_starts.any(dim=1).tolist(), [batch] * length)
         return torch.stack(outputs), final
+
+    def forward_packed(
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, lengths: torch.Tensor,
+        features_projected: bool = False,
+    ) -> tuple[torch.Tensor, Traces]:
+        """Process sequences of different lengths, stored one after the other (as a recurrent replay minibatch
+        holds them before padding), computing real steps only.
+
+        Sequences are sorted longest first, so the ones still running at each step are a leading block of the
+        batch that shrinks as they end.
+
+        :param features: ``(N, d_input)``, the steps of sequence 0, then those of sequence 1, and so on;
+            ``N = lengths.sum()``.
+        :param traces: traces before each sequence's first step, each ``(D, B, M)``.
+        :param episode_starts: ``(N,)``, 1 where a step starts a new episode.
+        :param lengths: ``(B,)``, steps of each sequence, at least 1.
+        :param features_projected: as in :meth:`forward`, ``(N, W)``.
+        :return: synchronisation ``(N, output_size)``, in the order of ``features``, and the traces after each
+            sequence's last step.
+        """
+        order = torch.argsort(lengths, descending=True, stable=True)
+        first_row = torch.cumsum(lengths, 0) - lengths  # (B,) where each sequence starts in the rows
+        real = torch.arange(int(lengths.max()), device=lengths.device).unsqueeze(1) < lengths[order]  # (L, B)
+        active = real.sum(dim=1).tolist()
+        step, position = real.nonzero(as_tuple=True)  # time-major, longest sequences first at each step
+        rows = first_row[order[position]] + step  # (N,) the row of each step in that order
+        # --- Features' share of the synapses' input layer, for every step in one product ---
+        time_major = features.index_select(0, rows)
+        projected = time_major if features_projected else self.synapses.project_features(time_major)  # (N, W)
+        starts = episode_starts.index_select(0, rows)
+        any_start = (starts.new_zeros(len(active), dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
+        outputs, finished = self._forward_steps(projected.split(active), tuple(trace[:, order] for trace in traces),
+                                                starts.split(active), any_start, active)
+        # --- Back to the callers' order: rows as in features, final traces as in lengths ---
+        synchronisation = torch.cat(outputs)  # (N, P)
+        synchronisation = synchronisation.new_empty(synchronisation.shape).index_copy(0, rows, synchronisation)
+        unsort = torch.argsort(order)
+        final = tuple(torch.cat(pieces[::-1], dim=1)[:, unsort] for pieces in zip(*finished))
+        return synchronisation, final
 
     def _forward_steps(
         self, projected: Sequence[torch.Tensor], traces: Traces, episode_starts: Sequence[torch.Tensor],
@@ -202,32 +235,3 @@ class ContinuousThoughtMachine(nn.Module):
             # --- Output synchronisation over the post-activation window ---
             outputs.append(self.synchronisation(traces[1], weights))  # (active, P)
         return outputs, finished + [traces]
-
-    def _forward_packed(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, lengths: torch.Tensor,
-        features_projected: bool = False,
-    ) -> tuple[torch.Tensor, Traces]:
-        """:meth:`forward` over padded sequences, computing real steps only: sequences are sorted longest first,
-        so the ones still running at each step are a leading block that shrinks as they end."""
-        length, batch = episode_starts.shape
-        order = torch.argsort(lengths, descending=True, stable=True)
-        real = torch.arange(length, device=lengths.device).unsqueeze(1) < lengths[order].unsqueeze(0)  # (L, B)
-        active = real.sum(dim=1).tolist()
-        step, position = real.nonzero(as_tuple=True)  # real steps, time-major
-        flat = step * batch + order[position]  # their rows in (L * B)
-        # --- Features' share of the synapses' input layer, for the real steps only ---
-        if _is_batch_major(features):  # gather in memory order: no copy of the (possibly wide) features
-            real_features = features.transpose(0, 1).reshape(batch * length, -1)[order[position] * length + step]
-        else:
-            real_features = features.reshape(length * batch, -1)[flat]
-        projected = real_features if features_projected else self.synapses.project_features(real_features)  # (N, W)
-        starts = episode_starts.reshape(-1)[flat]
-        any_start = (starts.new_zeros(length, dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
-        outputs, finished = self._forward_steps(projected.split(active), tuple(trace[:, order] for trace in traces),
-                                                starts.split(active), any_start, active)
-        # --- Padded steps read zero; traces return to the callers' order ---
-        real_outputs = torch.cat(outputs)  # (N, P)
-        synchronisation = real_outputs.new_zeros(length * batch, self.output_size).index_copy(0, flat, real_outputs)
-        unsort = torch.argsort(order)
-        final = tuple(torch.cat(pieces[::-1], dim=1)[:, unsort] for pieces in zip(*finished))
-        return synchronisation.view(length, batch, -1), final

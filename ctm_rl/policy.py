@@ -42,6 +42,11 @@ class RecurrentStateLayout(NamedTuple):
     hidden_size: int
 
 
+def _unpack(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``values`` of the real steps ``rows`` spread over a padded batch of ``size`` steps (zero elsewhere)."""
+    return values.new_zeros(size, *values.shape[1:]).index_copy(0, rows, values)
+
+
 class CtmPolicy(RecurrentActorCriticPolicy):
     """Actor-critic policy whose recurrent core is a Continuous Thought Machine.
 
@@ -166,43 +171,45 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _run_ctm(
         self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor,
-        features_projected: bool = False,
+        features_projected: bool = False, lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, FlatTraces]:
-        """Run ``ctm`` over a batch of sequences laid out as ``RecurrentPPO`` does.
+        """Run ``ctm`` over a batch of sequences laid out as ``RecurrentPPO`` does, without its padding.
 
-        :param features: ``(n_seq * L, F)``, sequence-major (or their projections, see ``features_projected``).
+        :param features: ``(N, F)``, the steps of each sequence one after the other (or their projections, see
+            ``features_projected``).
         :param traces: flat traces before each sequence, each ``(1, n_seq, D * M)``.
-        :param episode_starts: ``(n_seq * L,)``: 1 at episode starts, ``PADDING`` at padded steps.
-        :return: synchronisation ``(n_seq * L, P)`` (zero at padded steps) and the flat traces after each
-            sequence's last real step.
+        :param episode_starts: ``(N,)``, 1 at episode starts.
+        :param lengths: ``(n_seq,)`` steps of each sequence; ``None`` when all have ``N / n_seq`` steps.
+        :return: synchronisation ``(N, P)`` and the flat traces after each sequence's last step.
         """
         n_seq = traces[0].shape[1]
         # RecurrentPPO keeps each env's trace as one flat row; the CTM works neuron-major.
         shape = (n_seq, ctm.d_model, ctm.memory_length)
         pre, post = (trace.reshape(shape).transpose(0, 1) for trace in traces)  # (D, n_seq, M)
-        features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
-        episode_starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)  # (L, n_seq)
-        # Padding sits at the ends of sequences; the CTM skips it given each sequence's real length.
-        padded = episode_starts == PADDING
-        lengths = (~padded).sum(dim=0) if bool(padded.any()) else None
         if not self.carry_traces:
             episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
-        episode_starts = episode_starts.clamp(min=0)
-        synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts, lengths,
-                                           features_projected)  # (L, n_seq, P)
+        if lengths is None:
+            features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
+            synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts.reshape(n_seq, -1).t(),
+                                               features_projected)  # (L, n_seq, P)
+            synchronisation = synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1])  # (N, P)
+        else:
+            synchronisation, (pre, post) = ctm.forward_packed(features, (pre, post), episode_starts, lengths,
+                                                              features_projected)  # (N, P)
         flat = tuple(trace.transpose(0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
-        return synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1]), flat
+        return synchronisation, flat
 
     def _latents(
-        self, obs: torch.Tensor, states: RNNStates, episode_starts: torch.Tensor
+        self, obs: PyTorchObs, states: RNNStates, episode_starts: torch.Tensor, lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
         features, projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
-        latent_pi, traces_pi = self._run_ctm(self.ctm, features, states.pi, episode_starts, projected)
+        latent_pi, traces_pi = self._run_ctm(self.ctm, features, states.pi, episode_starts, projected, lengths)
         if self.critic_ctm is None:
             latent_vf, traces_vf = latent_pi, traces_pi
         else:
             features, projected = self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm)
-            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, features, states.vf, episode_starts, projected)
+            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, features, states.vf, episode_starts, projected,
+                                                 lengths)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
@@ -220,11 +227,27 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         return actions, self.value_net(latent_vf), log_prob, states
 
     def evaluate_actions(
-        self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        self, obs: PyTorchObs, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Values, log-probabilities and entropies of a replay minibatch.
+
+        ``RecurrentPPO`` pads its minibatch sequences to one length and masks the padded steps out of the loss;
+        ``CtmPPO``'s buffers mark them (``PADDING``). Encoder, CTM and heads then run on the real steps only,
+        and padded steps read zero.
+        """
+        real = episode_starts != PADDING
+        if bool(real.all()):
+            latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+            distribution = self._get_action_dist_from_latent(latent_pi)
+            return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+        n_seq = lstm_states.pi[0].shape[1]
+        lengths = real.view(n_seq, -1).sum(dim=1)
+        rows = real.nonzero().squeeze(1)
+        obs = {key: value[rows] for key, value in obs.items()} if isinstance(obs, dict) else obs[rows]
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts[rows], lengths)
         distribution = self._get_action_dist_from_latent(latent_pi)
-        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+        results = (self.value_net(latent_vf), distribution.log_prob(actions[rows]), distribution.entropy())
+        return tuple(None if result is None else _unpack(result, rows, len(real)) for result in results)
 
     def get_distribution(
         self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor

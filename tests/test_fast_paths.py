@@ -67,47 +67,56 @@ def test_no_grad_rollout_path_equals_the_plain_definition():
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
 
+def _concatenated(tensor, lengths):
+    """The real steps of a time-major ``(L, B, ...)`` tensor, sequence after sequence."""
+    return torch.cat([tensor[:n, b] for b, n in enumerate(lengths.tolist())])
+
+
 @pytest.mark.parametrize("ticks, nlm_hidden, synapse_depth", [(1, 4, 1), (3, 0, 3)])
 @pytest.mark.parametrize("lengths", [[7, 3, 5, 1, 7, 2], [2, 7, 7, 7, 7, 7], [7, 6, 5, 4, 3, 2]])
 def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidden, synapse_depth):
-    """Padded sequences with their lengths: real steps computed by the plain definition, one sequence at a
-    time; padded steps read zero; final traces are those after each sequence's last real step; gradients
-    of any loss over real steps agree."""
+    """Sequences of different lengths stored one after the other: every step equals the plain definition
+    run on its sequence alone, final traces are those after each sequence's last step, and gradients of any
+    loss over the steps agree."""
     torch.manual_seed(2)
     ctm = ContinuousThoughtMachine(6, d_model=24, ticks=ticks, memory_length=4, nlm_hidden=nlm_hidden,
                                    synapse_depth=synapse_depth, n_synch_out=6)
     features, traces, starts = _inputs(ctm, length=7, batch=len(lengths))
     lengths = torch.tensor(lengths)
-    real = torch.arange(7).unsqueeze(1) < lengths.unsqueeze(0)  # (L, B)
-    starts = starts * real  # padding has no episode starts, as in a replay minibatch
-    loss_weights = torch.randn(7, len(lengths), ctm.output_size) * real.unsqueeze(-1)
+    loss_weights = torch.randn(int(lengths.sum()), ctm.output_size)
 
-    packed, packed_traces = ctm(features, _neuron_major(traces), starts, lengths)
+    packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _neuron_major(traces),
+                                               _concatenated(starts, lengths), lengths)
     packed_grads = torch.autograd.grad((packed * loss_weights).sum(), list(ctm.parameters()), allow_unused=True)
 
-    alone_loss, alone_outputs, alone_traces = 0.0, [], []
+    alone_outputs, alone_traces = [], []
     for b, n in enumerate(lengths.tolist()):
         output, final = reference_forward(ctm, features[:n, b:b + 1], tuple(t[b:b + 1] for t in traces),
                                           starts[:n, b:b + 1])
-        alone_loss = alone_loss + (output * loss_weights[:n, b:b + 1]).sum()
-        alone_outputs.append(torch.cat([output, output.new_zeros(7 - n, 1, ctm.output_size)]))
+        alone_outputs.append(output[:, 0])
         alone_traces.append(final)
-    alone_grads = torch.autograd.grad(alone_loss, list(ctm.parameters()), allow_unused=True)
+    alone = torch.cat(alone_outputs)
+    alone_grads = torch.autograd.grad((alone * loss_weights).sum(), list(ctm.parameters()), allow_unused=True)
 
-    torch.testing.assert_close(packed, torch.cat(alone_outputs, dim=1), atol=1e-5, rtol=1e-5)
+    assert packed.shape == alone.shape == (int(lengths.sum()), ctm.output_size)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
     for i, packed_trace in enumerate(_neuron_major(packed_traces)):
         torch.testing.assert_close(packed_trace, torch.cat([t[i] for t in alone_traces]), atol=1e-5, rtol=1e-5)
     _assert_same_gradients(ctm, packed_grads, alone_grads)
 
 
-def test_full_lengths_take_the_unpacked_path():
+def test_packed_sequences_of_one_length_equal_the_time_major_path():
     torch.manual_seed(3)
     ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=3, n_synch_out=4)
     features, traces, starts = _inputs(ctm, length=5, batch=4)
+    lengths = torch.full((4,), 5)
     with torch.no_grad():
         full, full_traces = ctm(features, _neuron_major(traces), starts)
-        same, same_traces = ctm(features, _neuron_major(traces), starts, torch.full((4,), 5))
-    assert torch.equal(full, same) and all(torch.equal(a, b) for a, b in zip(full_traces, same_traces))
+        packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _neuron_major(traces),
+                                                   _concatenated(starts, lengths), lengths)
+    torch.testing.assert_close(packed, _concatenated(full, lengths), atol=1e-6, rtol=1e-6)
+    for a, b in zip(packed_traces, full_traces):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 def test_grid_encoder_encoding_distinct_cells_once_equals_encoding_every_cell():
@@ -137,17 +146,15 @@ def test_grid_encoder_encoding_distinct_cells_once_equals_encoding_every_cell():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("lengths", [None, [5, 2, 4, 5]])
-def test_batch_major_features_give_the_same_result(lengths):
+def test_batch_major_features_give_the_same_result():
     """Replay batches arrive as transposed views of (B, L, F); the CTM reads them in memory order."""
     torch.manual_seed(6)
     ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=3, n_synch_out=4)
     features, traces, starts = _inputs(ctm, length=5, batch=4)
     batch_major = features.transpose(0, 1).contiguous().transpose(0, 1)
     assert not batch_major.is_contiguous()
-    lengths = None if lengths is None else torch.tensor(lengths)
-    time_major_out, time_major_traces = ctm(features, _neuron_major(traces), starts, lengths)
-    batch_major_out, batch_major_traces = ctm(batch_major, _neuron_major(traces), starts, lengths)
+    time_major_out, time_major_traces = ctm(features, _neuron_major(traces), starts)
+    batch_major_out, batch_major_traces = ctm(batch_major, _neuron_major(traces), starts)
     torch.testing.assert_close(batch_major_out, time_major_out, atol=1e-6, rtol=1e-6)
     for a, b in zip(batch_major_traces, time_major_traces):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -25,26 +25,33 @@ def _discrete_actions(model, actions):
     return actions.long().flatten() if isinstance(model.action_space, spaces.Discrete) else actions
 
 
+def _assert_replay_reproduces_rollout(model, batch_size):
+    """Every minibatch's replay gives the rollout's log-probabilities and values on real steps (and zero on the
+    padded steps that ``CtmPPO`` marks and skips); returns the number of padded steps seen."""
+    padded_steps = 0
+    with torch.no_grad():
+        for batch in model.rollout_buffer.get(batch_size=batch_size):
+            padded_steps += int((batch.mask == 0).sum())
+            if isinstance(model, CtmPPO):
+                assert torch.equal(batch.episode_starts == PADDING, batch.mask == 0)
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, _discrete_actions(model, batch.actions), batch.lstm_states, batch.episode_starts)
+            mask = batch.mask > 0
+            if isinstance(model, CtmPPO):
+                assert not log_prob[~mask].any() and not values.flatten()[~mask].any()
+            assert torch.allclose(log_prob[mask], batch.old_log_prob[mask], atol=1e-5)
+            assert torch.allclose(values.flatten()[mask], batch.old_values[mask], atol=1e-5)
+            assert torch.allclose(torch.exp(log_prob - batch.old_log_prob)[mask], torch.ones(int(mask.sum())), atol=1e-5)
+    return padded_steps
+
+
 @pytest.mark.parametrize("algorithm", [RecurrentPPO, CtmPPO], ids=["padded", "packed"])
 @pytest.mark.parametrize("env, policy_kwargs", REPLAY_CASES)
 def test_sequence_replay_reproduces_rollout(env, policy_kwargs, algorithm):
     model = small_model(env, algorithm=algorithm, **policy_kwargs)
     collect_rollout(model)
-    buffer = model.rollout_buffer
-    assert buffer.episode_starts[1:].sum() > 0, "the rollout must contain episode starts"
-    padded_steps = 0
-    with torch.no_grad():
-        for batch in buffer.get(batch_size=48):
-            padded_steps += int((batch.mask == 0).sum())
-            if algorithm is CtmPPO:
-                assert torch.equal(batch.episode_starts == PADDING, batch.mask == 0)
-            values, log_prob, _ = model.policy.evaluate_actions(
-                batch.observations, _discrete_actions(model, batch.actions), batch.lstm_states, batch.episode_starts)
-            mask = batch.mask > 0
-            assert torch.allclose(log_prob[mask], batch.old_log_prob[mask], atol=1e-5)
-            assert torch.allclose(values.flatten()[mask], batch.old_values[mask], atol=1e-5)
-            assert torch.allclose(torch.exp(log_prob - batch.old_log_prob)[mask], torch.ones(int(mask.sum())), atol=1e-5)
-    assert padded_steps > 0, "the minibatches must contain padding"
+    assert model.rollout_buffer.episode_starts[1:].sum() > 0, "the rollout must contain episode starts"
+    assert _assert_replay_reproduces_rollout(model, batch_size=48) > 0, "the minibatches must contain padding"
 
 
 def test_whole_env_trajectories_replay_across_episode_starts():
@@ -198,11 +205,13 @@ def test_encoder_is_chosen_from_the_observation_space(space, encoder_type, featu
 
 def test_dict_observation_combines_encoders():
     space = spaces.Dict({"grid": spaces.Box(0, 10, (5, 5, 3), np.uint8), "vec": spaces.Box(-1, 1, (3,))})
-    model = RecurrentPPO(CtmPolicy, _dict_env(space), n_steps=8, batch_size=8, policy_kwargs=SMALL_CTM)
+    model = CtmPPO(CtmPolicy, _dict_env(space), n_steps=32, batch_size=8, policy_kwargs=SMALL_CTM, seed=0)
     encoder = model.policy.features_extractor
     assert isinstance(encoder.encoders["grid"], GridEncoder) and isinstance(encoder.encoders["vec"], VectorEncoder)
     assert encoder.features_dim == 25 * 16 + 16
-    model.learn(16)
+    model.learn(32)
+    collect_rollout(model)
+    assert _assert_replay_reproduces_rollout(model, batch_size=8) > 0, "the minibatches must contain padding"
 
 
 def _dict_env(space):
