@@ -15,8 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from sb3_contrib.common.recurrent.type_aliases import (
+    RecurrentDictRolloutBufferSamples,
+    RecurrentRolloutBufferSamples,
+    RNNStates,
+)
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -24,13 +29,56 @@ from ctm_rl.policy import PADDING
 
 
 class _MarksPadding:
-    """Override of the recurrent buffers' minibatch sampling that marks padded steps with ``PADDING``."""
+    """Override of the recurrent buffers' minibatch sampling.
+
+    It gives the samples sb3-contrib's buffers give (sequences cut at episode starts and env changes, padded
+    to the longest and flattened), built with one array operation per field instead of one tensor per
+    sequence and field, with padded steps marked ``PADDING``, and with the recurrent states read for the
+    sequences' first steps only (sb3-contrib copies them for every step of the minibatch first).
+    """
+
+    episode_starts: np.ndarray
+    observations: np.ndarray | dict[str, np.ndarray]
 
     def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None) -> Any:
-        samples = super()._get_samples(batch_inds, env_change, env)
-        # Padded steps have episode start 0 and mask 0; real steps keep their episode starts.
-        padding = 1.0 - samples.mask
-        return samples._replace(episode_starts=samples.episode_starts * samples.mask + PADDING * padding)
+        # --- Sequences: a new one wherever an episode starts or the data switches env ---
+        seq_start = np.logical_or(self.episode_starts[batch_inds], env_change[batch_inds]).ravel()
+        seq_start[0] = True
+        first = np.flatnonzero(seq_start)  # (n_seq,) each sequence's first step in the minibatch
+        sequence = np.cumsum(seq_start) - 1  # (batch,) the sequence of every step
+        position = np.arange(len(batch_inds)) - first[sequence]  # (batch,) its step within the sequence
+        n_seq, max_length = len(first), int(position.max()) + 1
+        padded_rows = sequence * max_length + position
+
+        def pad(array: np.ndarray, fill: float = 0.0) -> torch.Tensor:
+            """``(batch, ...)`` -> ``(n_seq * max_length, ...)``, sequence-major, ``fill`` after each end."""
+            padded = np.full((n_seq * max_length, *array.shape[1:]), fill, dtype=array.dtype)
+            padded[padded_rows] = array
+            return torch.as_tensor(padded, device=self.device)
+
+        def first_states(states: np.ndarray) -> torch.Tensor:
+            """``(steps, n_layers, dim)`` -> ``(n_layers, n_seq, dim)`` at the sequences' first steps."""
+            return torch.as_tensor(np.ascontiguousarray(states[batch_inds[first]].swapaxes(0, 1)), device=self.device)
+
+        if isinstance(self.observations, dict):
+            observations: Any = {key: pad(obs[batch_inds]) for key, obs in self.observations.items()}
+            samples_class: Any = RecurrentDictRolloutBufferSamples
+        else:
+            observations = pad(self.observations[batch_inds])
+            samples_class = RecurrentRolloutBufferSamples
+        return samples_class(
+            observations=observations,
+            actions=pad(self.actions[batch_inds]),
+            # Per-step scalars are stored (steps, 1) and sampled flat.
+            old_values=pad(self.values[batch_inds].ravel()),
+            old_log_prob=pad(self.log_probs[batch_inds].ravel()),
+            advantages=pad(self.advantages[batch_inds].ravel()),
+            returns=pad(self.returns[batch_inds].ravel()),
+            lstm_states=RNNStates((first_states(self.hidden_states_pi), first_states(self.cell_states_pi)),
+                                  (first_states(self.hidden_states_vf), first_states(self.cell_states_vf))),
+            episode_starts=pad(self.episode_starts[batch_inds].ravel(), fill=PADDING),
+            mask=pad(np.ones(len(batch_inds), dtype=np.float32)),
+        )
 
 
 class _SharedTraces:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
+from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ctm_rl import CtmPolicy
 from envs import make_env
@@ -19,6 +22,22 @@ def small_model(env: str = "CartPole-NoVel", n_envs: int = 4, n_steps: int = 32,
     kwargs = SMALL_CTM | policy_kwargs if policy_class is CtmPolicy else policy_kwargs
     return algorithm(policy_class, make_env(env, n_envs=n_envs, seed=seed, max_steps=max_steps), n_steps=n_steps,
                         batch_size=n_steps * n_envs // 2, n_epochs=1, seed=seed, policy_kwargs=kwargs)
+
+
+def dict_env(space: spaces.Dict) -> DummyVecEnv:
+    """One env with ``space`` observations drawn at random, two actions and episodes of 5 steps on average."""
+
+    class DictEnv(gym.Env):
+        observation_space, action_space = space, spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, bool(self.np_random.random() < 0.2), False, {}
+
+    return DummyVecEnv([DictEnv])
 
 
 def collect_rollout(model: RecurrentPPO) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from helpers import SMALL_CTM, collect_rollout, small_model
+from helpers import SMALL_CTM, collect_rollout, dict_env, small_model
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
@@ -205,30 +205,13 @@ def test_encoder_is_chosen_from_the_observation_space(space, encoder_type, featu
 
 def test_dict_observation_combines_encoders():
     space = spaces.Dict({"grid": spaces.Box(0, 10, (5, 5, 3), np.uint8), "vec": spaces.Box(-1, 1, (3,))})
-    model = CtmPPO(CtmPolicy, _dict_env(space), n_steps=32, batch_size=8, policy_kwargs=SMALL_CTM, seed=0)
+    model = CtmPPO(CtmPolicy, dict_env(space), n_steps=32, batch_size=8, policy_kwargs=SMALL_CTM, seed=0)
     encoder = model.policy.features_extractor
     assert isinstance(encoder.encoders["grid"], GridEncoder) and isinstance(encoder.encoders["vec"], VectorEncoder)
     assert encoder.features_dim == 25 * 16 + 16
     model.learn(32)
     collect_rollout(model)
     assert _assert_replay_reproduces_rollout(model, batch_size=8) > 0, "the minibatches must contain padding"
-
-
-def _dict_env(space):
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    class DictEnv(gym.Env):
-        observation_space, action_space = space, spaces.Discrete(2)
-
-        def reset(self, *, seed=None, options=None):
-            super().reset(seed=seed)
-            return self.observation_space.sample(), {}
-
-        def step(self, action):
-            return self.observation_space.sample(), 0.0, bool(self.np_random.random() < 0.2), False, {}
-
-    return DummyVecEnv([DictEnv])
 
 
 def test_user_features_extractor_is_used():
