@@ -25,6 +25,12 @@ def _neuron_major(traces):
     return tuple(t.transpose(0, 1) for t in traces)
 
 
+def _assert_same_result(result, expected):
+    """Two ``(output, (pre, post))`` results of the CTM agree to float rounding."""
+    for a, b in zip((result[0], *result[1]), (expected[0], *expected[1])):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def _assert_same_gradients(module, grads, expected):
     """Per parameter: both unused, or equal to 1e-5 absolute / 1e-4 relative."""
     for (name, _), grad, other in zip(module.named_parameters(), grads, expected):
@@ -114,9 +120,7 @@ def test_packed_sequences_of_one_length_equal_the_time_major_path():
         full, full_traces = ctm(features, _neuron_major(traces), starts)
         packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _neuron_major(traces),
                                                    _concatenated(starts, lengths), lengths)
-    torch.testing.assert_close(packed, _concatenated(full, lengths), atol=1e-6, rtol=1e-6)
-    for a, b in zip(packed_traces, full_traces):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    _assert_same_result((packed, packed_traces), (_concatenated(full, lengths), full_traces))
 
 
 def test_grid_encoder_encoding_distinct_cells_once_equals_encoding_every_cell():
@@ -153,11 +157,8 @@ def test_batch_major_features_give_the_same_result():
     features, traces, starts = _inputs(ctm, length=5, batch=4)
     batch_major = features.transpose(0, 1).contiguous().transpose(0, 1)
     assert not batch_major.is_contiguous()
-    time_major_out, time_major_traces = ctm(features, _neuron_major(traces), starts)
-    batch_major_out, batch_major_traces = ctm(batch_major, _neuron_major(traces), starts)
-    torch.testing.assert_close(batch_major_out, time_major_out, atol=1e-6, rtol=1e-6)
-    for a, b in zip(batch_major_traces, time_major_traces):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    _assert_same_result(ctm(batch_major, _neuron_major(traces), starts),
+                        ctm(features, _neuron_major(traces), starts))
 
 
 def test_grid_linear_equals_linear_of_the_grid_features():
