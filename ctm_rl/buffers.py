@@ -42,7 +42,8 @@ class _MarksPadding:
 
     def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None) -> Any:
         # --- Sequences: a new one wherever an episode starts or the data switches env ---
-        seq_start = np.logical_or(self.episode_starts[batch_inds], env_change[batch_inds]).ravel()
+        episode_starts = self.episode_starts[batch_inds].ravel()
+        seq_start = np.logical_or(episode_starts, env_change[batch_inds].ravel())
         seq_start[0] = True
         first = np.flatnonzero(seq_start)  # (n_seq,) each sequence's first step in the minibatch
         sequence = np.cumsum(seq_start) - 1  # (batch,) the sequence of every step
@@ -76,7 +77,7 @@ class _MarksPadding:
             returns=pad(self.returns[batch_inds].ravel()),
             lstm_states=RNNStates((first_states(self.hidden_states_pi), first_states(self.cell_states_pi)),
                                   (first_states(self.hidden_states_vf), first_states(self.cell_states_vf))),
-            episode_starts=pad(self.episode_starts[batch_inds].ravel(), fill=PADDING),
+            episode_starts=pad(episode_starts, fill=PADDING),
             mask=pad(np.ones(len(batch_inds), dtype=np.float32)),
         )
 

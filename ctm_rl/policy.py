@@ -236,17 +236,18 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         and padded steps read zero.
         """
         real = episode_starts != PADDING
-        if bool(real.all()):
-            latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
-            distribution = self._get_action_dist_from_latent(latent_pi)
-            return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
-        n_seq = lstm_states.pi[0].shape[1]
-        lengths = real.view(n_seq, -1).sum(dim=1)
-        rows = real.nonzero().squeeze(1)
-        obs = {key: value[rows] for key, value in obs.items()} if isinstance(obs, dict) else obs[rows]
-        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts[rows], lengths)
+        rows = lengths = None
+        if not bool(real.all()):
+            n_seq = lstm_states.pi[0].shape[1]
+            lengths = real.view(n_seq, -1).sum(dim=1)
+            rows = real.nonzero().squeeze(1)
+            obs = {key: value[rows] for key, value in obs.items()} if isinstance(obs, dict) else obs[rows]
+            actions, episode_starts = actions[rows], episode_starts[rows]
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts, lengths)
         distribution = self._get_action_dist_from_latent(latent_pi)
-        results = (self.value_net(latent_vf), distribution.log_prob(actions[rows]), distribution.entropy())
+        results = (self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy())
+        if rows is None:
+            return results
         return tuple(None if result is None else _unpack(result, rows, len(real)) for result in results)
 
     def get_distribution(
