@@ -4,15 +4,19 @@
     python -m ctm_rl.bench --quick         # fewer envs and iterations: a couple of minutes on a 2-core CPU
     python -m ctm_rl.bench --configs cartpole --ticks 1 --device cuda
 
-Everything runs in one process, one measurement after the other, so ratios between rows are comparable.
-Each agent does untimed warm-up iterations, then timed ones; an iteration is one ``RecurrentPPO`` rollout
-(``collect_rollouts``) and one update (``train``), exactly as ``learn`` runs them. Rates are env steps per
-second: rollout = steps / rollout time, update = steps / update time, total = steps / (rollout + update).
+Everything runs in one process. For each config and tick count, env stepping, the LSTM and the CTM each do
+untimed warm-up iterations on their own, then timed iterations in rounds, one of each per round, so that a
+machine whose speed drifts slows all three alike and the ratios between them hold. An agent iteration is one
+``RecurrentPPO`` rollout (``collect_rollouts``) and one update (``train``), exactly as ``learn`` runs them;
+an env iteration steps the env as many times as a rollout does. Rates are env steps per second: rollout =
+steps / rollout time, update = steps / update time, total = steps / (rollout + update), summed over the timed
+iterations; ``best`` is the fastest single iteration's total rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import sys
@@ -118,51 +122,111 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_agent(model: RecurrentPPO, warmup: int, iterations: int) -> dict[str, float]:
-    """Time ``warmup + iterations`` rollout/update iterations and report the timed ones."""
-    steps_per_iteration = model.n_steps * model.n_envs
-    total_timesteps = steps_per_iteration * (warmup + iterations)
-    total_timesteps, callback = model._setup_learn(total_timesteps, callback=None, progress_bar=False)
-    callback.on_training_start(locals(), globals())
-    rollout_s = update_s = 0.0
-    for iteration in range(warmup + iterations):
-        if iteration == warmup:
-            reset_peak_memory(model.device)
-            rollout_s = update_s = 0.0
-        _synchronise(model.device)
+def _release_freed_memory() -> None:
+    """Hand the allocator's freed heap back to the OS (glibc), so that a peak-memory window does not start from
+    memory another agent used and freed."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class AgentTimer:
+    """Runs an agent's rollout/update iterations one at a time, as ``learn`` runs them, so that the iterations
+    of several agents can be interleaved; keeps each timed iteration's times and their peak memory.
+
+    :param model: the agent, untrained.
+    :param iterations: iterations it will run in all, warm-up included (for ``learn``'s progress schedule).
+    """
+
+    def __init__(self, model: RecurrentPPO, iterations: int) -> None:
+        self.model = model
+        self.steps_per_iteration = model.n_steps * model.n_envs
+        self.total_timesteps, self.callback = model._setup_learn(self.steps_per_iteration * iterations,
+                                                                 callback=None, progress_bar=False)
+        self.callback.on_training_start({}, {})
+        self.times: list[tuple[float, float]] = []
+        self.peak_memory_mb = 0.0
+
+    def iterate(self, timed: bool = True) -> None:
+        """One rollout and one update; ``timed=False`` for warm-up."""
+        model, device = self.model, self.model.device
+        _release_freed_memory()
+        reset_peak_memory(device)
+        _synchronise(device)
         start = time.perf_counter()
-        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
-        _synchronise(model.device)
+        model.collect_rollouts(model.env, self.callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+        _synchronise(device)
         collected = time.perf_counter()
-        model._update_current_progress_remaining(model.num_timesteps, total_timesteps)
+        model._update_current_progress_remaining(model.num_timesteps, self.total_timesteps)
         model.train()
-        _synchronise(model.device)
-        rollout_s += collected - start
-        update_s += time.perf_counter() - collected
-    callback.on_training_end()
-    steps = steps_per_iteration * iterations
-    return {
-        "rollout_sps": steps / rollout_s,
-        "update_sps": steps / update_s,
-        "total_sps": steps / (rollout_s + update_s),
-        "peak_memory_mb": peak_memory_mb(model.device),
-        **buffer_bytes_per_step(model),
-    }
+        _synchronise(device)
+        if timed:
+            self.times.append((collected - start, time.perf_counter() - collected))
+            self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb(device))
+
+    def result(self) -> dict[str, Any]:
+        """Rates over all timed iterations, the best iteration's total rate, and every iteration's times."""
+        self.callback.on_training_end()
+        rollout_s, update_s = (sum(part) for part in zip(*self.times))
+        steps = self.steps_per_iteration * len(self.times)
+        return {
+            "rollout_sps": steps / rollout_s,
+            "update_sps": steps / update_s,
+            "total_sps": steps / (rollout_s + update_s),
+            "best_total_sps": self.steps_per_iteration / min(r + u for r, u in self.times),
+            "iteration_seconds": [{"rollout": r, "update": u} for r, u in self.times],
+            "peak_memory_mb": self.peak_memory_mb,
+            **buffer_bytes_per_step(self.model),
+        }
 
 
-def measure_env(venv: VecEnv, steps_per_env: int) -> dict[str, float]:
-    """Env steps per second of the vectorised environment under uniformly random actions."""
-    venv.reset()
-    space = venv.action_space
-    rng = np.random.default_rng(0)
-    if isinstance(space, spaces.Discrete):
-        actions = rng.integers(space.n, size=(steps_per_env, venv.num_envs))
-    else:
-        actions = np.stack([[space.sample() for _ in range(venv.num_envs)] for _ in range(steps_per_env)])
-    start = time.perf_counter()
-    for step_actions in actions:
-        venv.step(step_actions)
-    return {"total_sps": steps_per_env * venv.num_envs / (time.perf_counter() - start)}
+class EnvTimer:
+    """Env stepping alone under uniformly random actions, in chunks as long as one agent rollout.
+
+    :param venv: a vectorised environment of its own (not an agent's).
+    :param steps_per_env: vectorised steps per chunk.
+    :param seed: seed of the random actions.
+    """
+
+    def __init__(self, venv: VecEnv, steps_per_env: int, seed: int = 0) -> None:
+        self.venv, self.steps_per_env = venv, steps_per_env
+        self.rng = np.random.default_rng(seed)
+        self.times: list[float] = []
+        venv.reset()
+
+    def iterate(self, timed: bool = True) -> None:
+        """One chunk of steps; ``timed=False`` for warm-up."""
+        space = self.venv.action_space
+        if isinstance(space, spaces.Discrete):
+            actions = self.rng.integers(space.n, size=(self.steps_per_env, self.venv.num_envs))
+        else:
+            actions = np.stack([[space.sample() for _ in range(self.venv.num_envs)]
+                                for _ in range(self.steps_per_env)])
+        start = time.perf_counter()
+        for step_actions in actions:
+            self.venv.step(step_actions)
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+    def result(self) -> dict[str, Any]:
+        steps = self.steps_per_env * self.venv.num_envs
+        return {"total_sps": steps * len(self.times) / sum(self.times), "best_total_sps": steps / min(self.times)}
+
+
+Timer = AgentTimer | EnvTimer
+
+
+def measure_interleaved(timers: dict[str, Timer], warmup: int, iterations: int) -> dict[str, dict[str, Any]]:
+    """Warm each timer up on its own, then run the timed iterations in rounds, one iteration of every timer per
+    round: a machine whose speed drifts during the run then slows all of them alike, and their ratios hold."""
+    for timer in timers.values():
+        for _ in range(warmup):
+            timer.iterate(timed=False)
+    for _ in range(iterations):
+        for timer in timers.values():
+            timer.iterate()
+    return {name: timer.result() for name, timer in timers.items()}
 
 
 # --- One config -----------------------------------------------------------------------------------------
@@ -172,38 +236,45 @@ def _agent(policy_class: type, policy_kwargs: dict[str, Any], venv: VecEnv, conf
            device: str, seed: int) -> RecurrentPPO:
     batch_size = n_envs * config.n_steps // config.n_minibatches
     return CtmPPO(policy_class, venv, n_steps=config.n_steps, batch_size=batch_size, n_epochs=config.n_epochs,
-                        policy_kwargs=policy_kwargs, device=device, seed=seed, verbose=0)
+                  policy_kwargs=policy_kwargs, device=device, seed=seed, verbose=0)
 
 
 def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, warmup: int, iterations: int,
                device: str, seed: int = 0, log=print) -> list[dict[str, Any]]:
-    """Measure env stepping, then per tick count the matched LSTM and the CTM agent, for one config."""
+    """Per tick count: env stepping, the matched LSTM and the CTM, timed in interleaved rounds
+    (:func:`measure_interleaved`), each on its own copy of the vectorised env, all seeded alike."""
     rows = []
-    venv = make_env(config.env, n_envs=n_envs, seed=seed, max_steps=config.max_steps, env_kwargs=config.env_kwargs)
-    try:
-        base = {"config": name, "env": config.env, "n_envs": n_envs, "n_steps": config.n_steps}
-        env_row = {**base, "agent": "env", "ticks": None, "params": 0,
-                   **measure_env(venv, config.n_steps * (warmup + iterations))}
-        rows.append(env_row)
-        log(format_row(env_row))
-        for tick_count in ticks:
+    base = {"config": name, "env": config.env, "n_envs": n_envs, "n_steps": config.n_steps}
+    for tick_count in ticks:
+        venvs = [make_env(config.env, n_envs=n_envs, seed=seed, max_steps=config.max_steps,
+                          env_kwargs=config.env_kwargs) for _ in range(3)]
+        try:
+            spaces_ = (venvs[0].observation_space, venvs[0].action_space)
             ctm_kwargs = {**config.ctm, "ticks": tick_count, "memory_length": config.memory_per_tick * tick_count}
-            hidden = match_lstm_hidden_size(venv.observation_space, venv.action_space, ctm_kwargs)
-            lstm_kwargs = lstm_policy_kwargs(hidden, config.ctm["d_input"])
-            for agent, policy_class, kwargs in (("lstm", RecurrentActorCriticPolicy, lstm_kwargs),
-                                                ("ctm", CtmPolicy, ctm_kwargs)):
+            hidden = match_lstm_hidden_size(*spaces_, ctm_kwargs)
+            agents = {"lstm": (RecurrentActorCriticPolicy, lstm_policy_kwargs(hidden, config.ctm["d_input"])),
+                      "ctm": (CtmPolicy, ctm_kwargs)}
+            timers: dict[str, Timer] = {"env": EnvTimer(venvs[0], config.n_steps, seed)}
+            for (agent, (policy_class, kwargs)), venv in zip(agents.items(), venvs[1:]):
                 model = _agent(policy_class, kwargs, venv, config, n_envs, device, seed)
-                row = {**base, "agent": agent, "ticks": tick_count,
-                       "params": count_parameters(policy_class, venv.observation_space, venv.action_space, **kwargs),
-                       "lstm_hidden_size": hidden, **measure_agent(model, warmup, iterations)}
+                timers[agent] = AgentTimer(model, warmup + iterations)
+            results = measure_interleaved(timers, warmup, iterations)
+            del timers, model
+            env_row = {**base, "agent": "env", "ticks": tick_count, "params": 0, **results["env"]}
+            rows.append(env_row)
+            log(format_row(env_row))
+            for agent, (policy_class, kwargs) in agents.items():
+                row = {**base, "agent": agent, "ticks": tick_count, "lstm_hidden_size": hidden,
+                       "params": count_parameters(policy_class, *spaces_, **kwargs), **results[agent]}
                 row["vs_env"] = row["total_sps"] / env_row["total_sps"]
                 if agent == "ctm":
                     row["vs_lstm"] = row["total_sps"] / rows[-1]["total_sps"]
+                    row["best_vs_lstm"] = row["best_total_sps"] / rows[-1]["best_total_sps"]
                 rows.append(row)
                 log(format_row(row))
-                del model
-    finally:
-        venv.close()
+        finally:
+            for venv in venvs:
+                venv.close()
     return rows
 
 
@@ -212,7 +283,7 @@ def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, wa
 _COLUMNS = (
     ("config", "{:10}", "config"), ("agent", "{:5}", "agent"), ("ticks", "{:>5}", "ticks"), ("params", "{:>10,}", "params"),
     ("rollout_sps", "{:>9,.0f}", "rollout/s"), ("update_sps", "{:>9,.0f}", "update/s"), ("total_sps", "{:>9,.0f}", "total/s"),
-    ("vs_lstm", "{:>7.2f}", "vs LSTM"), ("vs_env", "{:>6.3f}", "vs env"), ("peak_memory_mb", "{:>8,.0f}", "peak MiB"),
+    ("best_total_sps", "{:>9,.0f}", "best/s"), ("vs_lstm", "{:>7.2f}", "vs LSTM"), ("best_vs_lstm", "{:>7.2f}", "best vs"), ("vs_env", "{:>6.3f}", "vs env"), ("peak_memory_mb", "{:>8,.0f}", "peak MiB"),
     ("buffer_bytes_per_step", "{:>9,.0f}", "buf B/step"),
 )
 

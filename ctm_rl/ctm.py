@@ -11,7 +11,7 @@ neuron's histories as one contiguous block, and the per-neuron products need no 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -19,10 +19,22 @@ from torch import nn
 from ctm_rl.errors import ConfigError
 from ctm_rl.nlm import NeuronLevelModels
 from ctm_rl.synapses import Synapses
-from ctm_rl.synchronisation import MAX_DECAY, NEURON_SELECTIONS, Synchronisation
+from ctm_rl.synchronisation import MAX_DECAY, NEURON_SELECTIONS, SlidingWeights, Synchronisation
 
 Traces = tuple[torch.Tensor, torch.Tensor]
 """(pre-activation trace, post-activation trace), each neuron-major ``(d_model, batch, memory_length)``."""
+
+
+class LoopState(NamedTuple):
+    """What the step loop carries: the traces, with the post-activations as columns (every tick drops the
+    oldest and appends one, and nothing reads the whole window), and the window's synchronisation."""
+
+    pre: torch.Tensor
+    """``(D, B, M)`` pre-activation trace."""
+    post_columns: tuple[torch.Tensor, ...]
+    """``M`` post-activation columns, ``(D, B)`` each, oldest first."""
+    synchronisation: torch.Tensor
+    """``(P, B)`` synchronisation of the post-activation window."""
 
 
 def check_ctm_config(
@@ -124,22 +136,25 @@ class ContinuousThoughtMachine(nn.Module):
         return (torch.where(starts, self.start_pre_trace.unsqueeze(1), pre),
                 torch.where(starts, self.start_post_trace.unsqueeze(1), post))
 
-    def think(self, projected_features: torch.Tensor, traces: Traces) -> Traces:
+    def think(self, projected_features: torch.Tensor, state: LoopState, sliding: SlidingWeights) -> LoopState:
         """Run the internal ticks of one environment step.
 
         :param projected_features: ``(B, W)``, this step's :meth:`Synapses.project_features`.
-        :param traces: traces before the step.
-        :return: traces after the step.
+        :param state: the loop state before the step.
+        :param sliding: the synchronisation's :meth:`Synchronisation.sliding_weights`.
+        :return: the loop state after the step.
         """
-        pre, post = traces
+        pre, columns, synchronisation = state
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
-            pre_activation = self.synapses(projected_features, post[:, :, -1].t())  # (B, D)
+            pre_activation = self.synapses(projected_features, columns[-1].t())  # (B, D)
             pre = torch.cat((pre[:, :, 1:], pre_activation.t().unsqueeze(-1)), dim=-1)  # (D, B, M)
             # --- Neuron-level models: each neuron reads its own pre-activation history ---
             post_activation = self.nlms(pre)  # (D, B)
-            post = torch.cat((post[:, :, 1:], post_activation.unsqueeze(-1)), dim=-1)  # (D, B, M)
-        return pre, post
+            # --- Synchronisation follows the post-activation window as it moves on by one column ---
+            synchronisation = self.synchronisation.slide(synchronisation, columns[0], post_activation, sliding)
+            columns = (*columns[1:], post_activation)
+        return LoopState(pre, columns, synchronisation)
 
     def forward(
         self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, features_projected: bool = False,
@@ -222,16 +237,27 @@ class ContinuousThoughtMachine(nn.Module):
             blocks, one block per step at which some ended and one for those still running at the end.
         """
         weights = self.synchronisation.weights()  # (P, M), shared by every step
+        sliding = self.synchronisation.sliding_weights(weights)
+        state = None  # built at the first step, once its resets are known
         outputs, finished = [], []
         for step, (step_projected, step_starts, running) in enumerate(zip(projected, episode_starts, active)):
-            if running < traces[0].shape[1]:  # sequences that ended leave the batch
-                finished.append(tuple(trace[:, running:] for trace in traces))
-                traces = tuple(trace[:, :running] for trace in traces)
-            # --- Reset to the learned start traces where an episode starts ---
-            if any_start[step]:
-                traces = self.reset_traces(traces, step_starts)
+            if state is not None and running < state.pre.shape[1]:  # sequences that ended leave the batch
+                finished.append(self._traces(state, slice(running, None)))
+                state = LoopState(state.pre[:, :running], tuple(c[:, :running] for c in state.post_columns),
+                                  state.synchronisation[:, :running])
+            if state is None or any_start[step]:
+                traces = traces if state is None else self._traces(state)
+                # --- Reset to the learned start traces where an episode starts ---
+                if any_start[step]:
+                    traces = self.reset_traces(traces, step_starts)
+                # --- Synchronisation of the whole window, then followed column by column ---
+                state = LoopState(traces[0], traces[1].unbind(-1), self.synchronisation(traces[1], weights).t())
             # --- Internal ticks ---
-            traces = self.think(step_projected, traces)
-            # --- Output synchronisation over the post-activation window ---
-            outputs.append(self.synchronisation(traces[1], weights))  # (active, P)
-        return outputs, finished + [traces]
+            state = self.think(step_projected, state, sliding)
+            outputs.append(state.synchronisation.t())  # (active, P)
+        return outputs, finished + [self._traces(state)]
+
+    @staticmethod
+    def _traces(state: LoopState, batch: slice = slice(None)) -> Traces:
+        """The traces of a loop state's ``batch`` entries."""
+        return state.pre[:, batch], torch.stack([column[:, batch] for column in state.post_columns], dim=-1)

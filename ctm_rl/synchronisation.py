@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -17,6 +19,22 @@ def synchronisation_size(n_synch: int, neuron_select: str) -> int:
     :param neuron_select: one of :data:`NEURON_SELECTIONS`.
     """
     return n_synch if neuron_select == "random-pairing" else n_synch * (n_synch + 1) // 2
+
+
+class SlidingWeights(NamedTuple):
+    """What :meth:`Synchronisation.slide` needs, computed once per sequence."""
+
+    left: torch.Tensor
+    """``(P,)`` left neuron of every pair."""
+    right: torch.Tensor
+    """``(P,)`` right neuron of every pair."""
+    decay: torch.Tensor
+    """``(P, 1)`` ``exp(-r_p)``: how much every weight shrinks when the window moves on by one column."""
+    oldest: torch.Tensor
+    """``(P, 1)`` ``exp(-r_p * M)``: the weight of the column leaving the window after the move, relative to
+    the newest column's."""
+    newest: torch.Tensor
+    """``(P, 1)`` ``1 / sqrt(sum_t w_p(t))``, the normalised weight of the newest column."""
 
 
 def select_pairs(d_model: int, n_synch: int, neuron_select: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +108,31 @@ class Synchronisation(nn.Module):
         rate = self.decay.clamp(0.0, self.max_decay)
         weights = torch.exp(-rate[:, None] * self.age[None, :])
         return weights / weights.sum(-1, keepdim=True).sqrt()
+
+    def sliding_weights(self, weights: torch.Tensor) -> SlidingWeights:
+        """:param weights: :meth:`weights`. :return: the factors :meth:`slide` uses."""
+        rate = self.decay.clamp(0.0, self.max_decay).unsqueeze(1)  # (P, 1)
+        return SlidingWeights(self.left, self.right, torch.exp(-rate), torch.exp(-rate * len(self.age)),
+                              weights[:, -1:])
+
+    def slide(self, synchronisation: torch.Tensor, oldest: torch.Tensor, newest: torch.Tensor,
+              sliding: SlidingWeights) -> torch.Tensor:
+        """The synchronisation after the window drops its oldest column and appends a new one.
+
+        Every column ages by one step, so every weighted product shrinks by ``exp(-r_p)``; the oldest
+        column's product leaves the sum and the new column's enters with the newest weight. This touches two
+        columns instead of the whole window, ``M`` times less memory traffic per tick than :meth:`forward`.
+
+        :param synchronisation: ``(P, B)``, of the window before the move (pair-major, the transpose of
+            :meth:`forward`'s output).
+        :param oldest: ``(D, B)``, the post-activations leaving the window.
+        :param newest: ``(D, B)``, the new post-activations.
+        :param sliding: :meth:`sliding_weights`.
+        :return: ``(P, B)``.
+        """
+        products = (newest.index_select(0, sliding.left) * newest.index_select(0, sliding.right)
+                    - sliding.oldest * (oldest.index_select(0, sliding.left) * oldest.index_select(0, sliding.right)))
+        return torch.addcmul(sliding.decay * synchronisation, sliding.newest, products)
 
     def forward(self, post_trace: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """:param post_trace: neuron-major ``(D, B, M)``. :param weights: :meth:`weights`, if already computed.

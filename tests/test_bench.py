@@ -49,20 +49,23 @@ def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypat
     assert bench.main(["--configs", "tiny", "--n-envs", "4", "--warmup", "0", "--iterations", "1",
                        "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["agent"], r["ticks"]) for r in rows] == [("env", None), ("lstm", 1), ("ctm", 1), ("lstm", 2), ("ctm", 2)]
-    env_sps = rows[0]["total_sps"]
-    for lstm, ctm in ((rows[1], rows[2]), (rows[3], rows[4])):
+    assert [(r["agent"], r["ticks"]) for r in rows] == [("env", 1), ("lstm", 1), ("ctm", 1),
+                                                        ("env", 2), ("lstm", 2), ("ctm", 2)]
+    for env, lstm, ctm in (rows[:3], rows[3:]):
         for row in (lstm, ctm):
-            # total = steps / (rollout time + update time)
+            # total = steps / (rollout time + update time), over the timed iterations
             assert row["total_sps"] == pytest.approx(1 / (1 / row["rollout_sps"] + 1 / row["update_sps"]))
-            assert row["vs_env"] == pytest.approx(row["total_sps"] / env_sps)
+            (times,) = row["iteration_seconds"]
+            assert row["best_total_sps"] == pytest.approx(4 * 8 / (times["rollout"] + times["update"]))
+            assert row["vs_env"] == pytest.approx(row["total_sps"] / env["total_sps"])
             assert row["peak_memory_mb"] > 0
         assert ctm["vs_lstm"] == pytest.approx(ctm["total_sps"] / lstm["total_sps"])
+        assert ctm["best_vs_lstm"] == pytest.approx(ctm["best_total_sps"] / lstm["best_total_sps"])
         # The LSTM is matched to the CTM of the same row pair, within 5%.
         assert abs(lstm["params"] - ctm["params"]) / ctm["params"] < 0.05
     # Memory scales with ticks: twice the ticks, twice the window, twice the trace bytes.
     # (pre + post) x d_model x memory (2 per tick) x 4 bytes, stored once for the shared CTM.
-    assert rows[4]["state_bytes_per_step"] == 2 * rows[2]["state_bytes_per_step"] == 2 * 16 * 4 * 4
+    assert rows[5]["state_bytes_per_step"] == 2 * rows[2]["state_bytes_per_step"] == 2 * 16 * 4 * 4
 
 
 def test_benchmark_refuses_cuda_without_a_gpu(capsys):
@@ -70,3 +73,22 @@ def test_benchmark_refuses_cuda_without_a_gpu(capsys):
         pytest.skip("a GPU is present")
     assert bench.main(["--device", "cuda", "--configs", "cartpole"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_timed_iterations_run_in_rounds_after_each_timer_warms_up_alone():
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def iterate(self, timed=True):
+            calls.append((self.name, timed))
+
+        def result(self):
+            return self.name
+
+    timers = {name: Recorder(name) for name in ("env", "lstm", "ctm")}
+    assert bench.measure_interleaved(timers, warmup=1, iterations=2) == {"env": "env", "lstm": "lstm", "ctm": "ctm"}
+    assert calls == [("env", False), ("lstm", False), ("ctm", False),
+                     ("env", True), ("lstm", True), ("ctm", True), ("env", True), ("lstm", True), ("ctm", True)]

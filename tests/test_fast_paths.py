@@ -63,6 +63,22 @@ def test_forward_and_gradients_equal_the_plain_definition(synapse_depth, nlm_hid
     _assert_same_gradients(ctm, fast_grads, plain_grads)
 
 
+@pytest.mark.parametrize("initial_decay", [0.0, 4.0])
+def test_synchronisation_followed_column_by_column_stays_exact_over_long_sequences(initial_decay):
+    """The replay updates the synchronisation as its window moves (drop the oldest product, age the rest, add
+    the newest) instead of summing the window at every tick. Rounding must not build up: with no decay every
+    product stays in the sum at full weight until it leaves."""
+    torch.manual_seed(8)
+    ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=5, nlm_hidden=2, n_synch_out=4,
+                                   initial_decay=initial_decay)
+    features, traces, _ = _inputs(ctm, length=300, batch=2)
+    starts = torch.zeros(300, 2)
+    with torch.no_grad():
+        fast, _ = ctm(3 * features, _neuron_major(traces), starts)
+        plain, _ = reference_forward(ctm, 3 * features, traces, starts)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_no_grad_rollout_path_equals_the_plain_definition():
     torch.manual_seed(1)
     ctm = ContinuousThoughtMachine(6, d_model=32, ticks=2, memory_length=5, nlm_hidden=4, n_synch_out=8)
