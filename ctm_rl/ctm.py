@@ -4,8 +4,9 @@ Each environment step runs ``ticks`` internal ticks on that step's features. The
 histories (the *traces*) persist across environment steps and are reset to learned start traces at episode
 starts. The only output is the synchronisation of neuron pairs over the post-activation window.
 
-Traces are neuron-major, ``(d_model, batch, memory_length)``: every neuron-level model then reads its
-neuron's histories as one contiguous block, and the per-neuron products need no transposes.
+Traces are ``(d_model, memory_length, batch)``: neuron-major, so every neuron-level model is one batched product
+over its own block, and batch-minor, so a column of the trace (one step of every neuron) is one contiguous
+``(d_model, batch)`` slab and element-wise work runs along the batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ctm_rl.synapses import Synapses
 from ctm_rl.synchronisation import MAX_DECAY, NEURON_SELECTIONS, SlidingWeights, Synchronisation
 
 Traces = tuple[torch.Tensor, torch.Tensor]
-"""(pre-activation trace, post-activation trace), each neuron-major ``(d_model, batch, memory_length)``."""
+"""(pre-activation trace, post-activation trace), each ``(d_model, memory_length, batch)``."""
 
 
 class LoopState(NamedTuple):
@@ -30,7 +31,7 @@ class LoopState(NamedTuple):
     oldest and appends one, and nothing reads the whole window), and the window's synchronisation."""
 
     pre: torch.Tensor
-    """``(D, B, M)`` pre-activation trace."""
+    """``(D, M, B)`` pre-activation trace."""
     post_columns: tuple[torch.Tensor, ...]
     """``M`` post-activation columns, ``(D, B)`` each, oldest first."""
     synchronisation: torch.Tensor
@@ -119,22 +120,22 @@ class ContinuousThoughtMachine(nn.Module):
         return self.synchronisation.size
 
     def start_traces(self, batch_size: int) -> Traces:
-        """The learned start traces, expanded to a batch: each ``(D, B, M)``."""
-        shape = (self.d_model, batch_size, self.memory_length)
-        return self.start_pre_trace.unsqueeze(1).expand(shape), self.start_post_trace.unsqueeze(1).expand(shape)
+        """The learned start traces, expanded to a batch: each ``(D, M, B)``."""
+        shape = (self.d_model, self.memory_length, batch_size)
+        return self.start_pre_trace.unsqueeze(-1).expand(shape), self.start_post_trace.unsqueeze(-1).expand(shape)
 
     def reset_traces(self, traces: Traces, episode_starts: torch.Tensor) -> Traces:
         """Replace the traces of the batch entries whose episode starts by the learned start traces.
 
         This is the only place where traces are reset, in the rollout and in the sequence replay alike.
 
-        :param traces: current traces, each ``(D, B, M)``.
+        :param traces: current traces, each ``(D, M, B)``.
         :param episode_starts: ``(B,)``, 1 where a new episode starts.
         """
-        starts = episode_starts.to(torch.bool).view(1, -1, 1)
+        starts = episode_starts.to(torch.bool).view(1, 1, -1)
         pre, post = traces
-        return (torch.where(starts, self.start_pre_trace.unsqueeze(1), pre),
-                torch.where(starts, self.start_post_trace.unsqueeze(1), post))
+        return (torch.where(starts, self.start_pre_trace.unsqueeze(-1), pre),
+                torch.where(starts, self.start_post_trace.unsqueeze(-1), post))
 
     def think(self, projected_features: torch.Tensor, state: LoopState, sliding: SlidingWeights) -> LoopState:
         """Run the internal ticks of one environment step.
@@ -148,7 +149,7 @@ class ContinuousThoughtMachine(nn.Module):
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
             pre_activation = self.synapses(projected_features, columns[-1].t())  # (B, D)
-            pre = torch.cat((pre[:, :, 1:], pre_activation.t().unsqueeze(-1)), dim=-1)  # (D, B, M)
+            pre = torch.cat((pre[:, 1:], pre_activation.t().unsqueeze(1)), dim=1)  # (D, M, B)
             # --- Neuron-level models: each neuron reads its own pre-activation history ---
             post_activation = self.nlms(pre)  # (D, B)
             # --- Synchronisation follows the post-activation window as it moves on by one column ---
@@ -162,7 +163,7 @@ class ContinuousThoughtMachine(nn.Module):
         """Process a time-major batch of equally long sequences of environment steps.
 
         :param features: ``(L, B, d_input)``, features of ``L`` consecutive steps of ``B`` sequences.
-        :param traces: traces before the first step, each ``(D, B, M)``.
+        :param traces: traces before the first step, each ``(D, M, B)``.
         :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
         :param features_projected: ``features`` are already their :meth:`Synapses.project_features`, ``(L, B, W)``
             (an encoder can compute that product more cheaply than the features themselves).
@@ -193,7 +194,7 @@ class ContinuousThoughtMachine(nn.Module):
 
         :param features: ``(N, d_input)``, the steps of sequence 0, then those of sequence 1, and so on;
             ``N = lengths.sum()``.
-        :param traces: traces before each sequence's first step, each ``(D, B, M)``.
+        :param traces: traces before each sequence's first step, each ``(D, M, B)``.
         :param episode_starts: ``(N,)``, 1 where a step starts a new episode.
         :param lengths: ``(B,)``, steps of each sequence, at least 1.
         :param features_projected: as in :meth:`forward`, ``(N, W)``.
@@ -211,13 +212,13 @@ class ContinuousThoughtMachine(nn.Module):
         projected = time_major if features_projected else self.synapses.project_features(time_major)  # (N, W)
         starts = episode_starts.index_select(0, rows)
         any_start = (starts.new_zeros(len(active), dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
-        outputs, finished = self._forward_steps(projected.split(active), tuple(trace[:, order] for trace in traces),
+        outputs, finished = self._forward_steps(projected.split(active), tuple(trace[..., order] for trace in traces),
                                                 starts.split(active), any_start, active)
         # --- Back to the callers' order: rows as in features, final traces as in lengths ---
         synchronisation = torch.cat(outputs)  # (N, P)
         synchronisation = synchronisation.new_empty(synchronisation.shape).index_copy(0, rows, synchronisation)
         unsort = torch.argsort(order)
-        final = tuple(torch.cat(pieces[::-1], dim=1)[:, unsort] for pieces in zip(*finished))
+        final = tuple(torch.cat(pieces[::-1], dim=-1)[..., unsort] for pieces in zip(*finished))
         return synchronisation, final
 
     def _forward_steps(
@@ -227,7 +228,7 @@ class ContinuousThoughtMachine(nn.Module):
         """The step loop shared by full and packed sequences.
 
         :param projected: per step, the features' synapse projection of its ``active[step]`` sequences.
-        :param traces: traces of all sequences before the first step, each ``(D, B, M)``; sequences are ordered
+        :param traces: traces of all sequences before the first step, each ``(D, M, B)``; sequences are ordered
             so that the active ones are always a leading block.
         :param episode_starts: per step, ``(active[step],)``.
         :param any_start: per step, whether any sequence starts an episode. Replays start episodes mostly at
@@ -241,9 +242,9 @@ class ContinuousThoughtMachine(nn.Module):
         state = None  # built at the first step, once its resets are known
         outputs, finished = [], []
         for step, (step_projected, step_starts, running) in enumerate(zip(projected, episode_starts, active)):
-            if state is not None and running < state.pre.shape[1]:  # sequences that ended leave the batch
+            if state is not None and running < state.pre.shape[-1]:  # sequences that ended leave the batch
                 finished.append(self._traces(state, slice(running, None)))
-                state = LoopState(state.pre[:, :running], tuple(c[:, :running] for c in state.post_columns),
+                state = LoopState(state.pre[..., :running], tuple(c[:, :running] for c in state.post_columns),
                                   state.synchronisation[:, :running])
             if state is None or any_start[step]:
                 traces = traces if state is None else self._traces(state)
@@ -251,7 +252,7 @@ class ContinuousThoughtMachine(nn.Module):
                 if any_start[step]:
                     traces = self.reset_traces(traces, step_starts)
                 # --- Synchronisation of the whole window, then followed column by column ---
-                state = LoopState(traces[0], traces[1].unbind(-1), self.synchronisation(traces[1], weights).t())
+                state = LoopState(traces[0], traces[1].unbind(1), self.synchronisation(traces[1], weights).t())
             # --- Internal ticks ---
             state = self.think(step_projected, state, sliding)
             outputs.append(state.synchronisation.t())  # (active, P)
@@ -260,4 +261,4 @@ class ContinuousThoughtMachine(nn.Module):
     @staticmethod
     def _traces(state: LoopState, batch: slice = slice(None)) -> Traces:
         """The traces of a loop state's ``batch`` entries."""
-        return state.pre[:, batch], torch.stack([column[:, batch] for column in state.post_columns], dim=-1)
+        return state.pre[..., batch], torch.stack([column[:, batch] for column in state.post_columns], dim=1)

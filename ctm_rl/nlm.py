@@ -11,7 +11,8 @@ from torch import nn
 class PrivateLinear(nn.Module):
     """``n_neurons`` independent linear maps, one per neuron, applied in a single batched matrix product.
 
-    Inputs are neuron-major, ``(D, B, in)``, so the product needs no transposes.
+    Inputs are neuron-major and batch-minor, ``(D, in, B)``: each neuron's product is ``weight.T @ x``, and the
+    outputs' rows (``(D, out, B)``) are contiguous along the batch, which keeps the GLUs that split them fast.
 
     :param n_neurons: number of neurons, each with its own weights.
     :param in_features: input width per neuron.
@@ -25,8 +26,8 @@ class PrivateLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_neurons, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (D, B, in) -> (D, B, out)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        # x: (D, in, B) -> (D, out, B)
+        return torch.baddbmm(self.bias.unsqueeze(-1), self.weight.transpose(1, 2), x)
 
 
 class NeuronLevelModels(nn.Module):
@@ -45,14 +46,14 @@ class NeuronLevelModels(nn.Module):
         if hidden > 0:
             layers: list[nn.Module] = [
                 PrivateLinear(n_neurons, memory_length, 2 * hidden),
-                nn.GLU(dim=-1),
+                nn.GLU(dim=1),
                 PrivateLinear(n_neurons, hidden, 2),
-                nn.GLU(dim=-1),
+                nn.GLU(dim=1),
             ]
         else:
-            layers = [PrivateLinear(n_neurons, memory_length, 2), nn.GLU(dim=-1)]
+            layers = [PrivateLinear(n_neurons, memory_length, 2), nn.GLU(dim=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, pre_trace: torch.Tensor) -> torch.Tensor:
-        # pre_trace: (D, B, M), neuron-major -> post-activation (D, B)
-        return self.layers(pre_trace).squeeze(-1)
+        # pre_trace: (D, M, B) -> post-activation (D, B)
+        return self.layers(pre_trace).squeeze(1)

@@ -183,9 +183,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         :return: synchronisation ``(N, P)`` and the flat traces after each sequence's last step.
         """
         n_seq = traces[0].shape[1]
-        # RecurrentPPO keeps each env's trace as one flat row; the CTM works neuron-major.
+        # RecurrentPPO keeps each env's trace as one flat row, (D, M) flattened; the CTM works on (D, M, n_seq).
         shape = (n_seq, ctm.d_model, ctm.memory_length)
-        pre, post = (trace.reshape(shape).transpose(0, 1) for trace in traces)  # (D, n_seq, M)
+        pre, post = (trace.reshape(shape).permute(1, 2, 0) for trace in traces)  # (D, M, n_seq)
         if not self.carry_traces:
             episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
         if lengths is None:
@@ -196,7 +196,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         else:
             synchronisation, (pre, post) = ctm.forward_packed(features, (pre, post), episode_starts, lengths,
                                                               features_projected)  # (N, P)
-        flat = tuple(trace.transpose(0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
+        flat = tuple(trace.permute(2, 0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
         return synchronisation, flat
 
     def _latents(

@@ -135,14 +135,14 @@ class Synchronisation(nn.Module):
         return torch.addcmul(sliding.decay * synchronisation, sliding.newest, products)
 
     def forward(self, post_trace: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """:param post_trace: neuron-major ``(D, B, M)``. :param weights: :meth:`weights`, if already computed.
+        """:param post_trace: ``(D, M, B)``. :param weights: :meth:`weights`, if already computed.
         :return: synchronisation ``(B, P)``."""
         weights = self.weights() if weights is None else weights
         # Gather the few synchronised neurons first, then their pairs from that small block.
         if self.first_neuron is not None:
-            selected = post_trace[self.first_neuron :]  # (S, B, M)
+            selected = post_trace[self.first_neuron :]  # (S, M, B)
         else:
-            selected = post_trace.index_select(0, self.neurons)  # (S, B, M)
-        left = selected.index_select(0, self.left_position)  # (P, B, M)
-        right = selected.index_select(0, self.right_position)  # (P, B, M)
-        return (left * right * weights.unsqueeze(1)).sum(-1).t()
+            selected = post_trace.index_select(0, self.neurons)  # (S, M, B)
+        left = selected.index_select(0, self.left_position)  # (P, M, B)
+        right = selected.index_select(0, self.right_position)  # (P, M, B)
+        return (left * right * weights.unsqueeze(-1)).sum(1).t()

@@ -17,13 +17,13 @@ def test_output_shapes(neuron_select, expected, synapse_depth, nlm_hidden):
     sync, (pre, post) = ctm(torch.randn(3, 4, 6), ctm.start_traces(4), torch.zeros(3, 4))
     assert ctm.output_size == expected == synchronisation_size(8, neuron_select)
     assert sync.shape == (3, 4, expected)
-    assert pre.shape == post.shape == (32, 4, 5)  # neuron-major
+    assert pre.shape == post.shape == (32, 5, 4)  # (neurons, memory, batch)
     assert torch.isfinite(sync).all()
 
 
 def test_neuron_level_models_are_private():
     nlms = NeuronLevelModels(n_neurons=5, memory_length=4, hidden=3)
-    history = torch.randn(5, 2, 4)  # (neurons, batch, memory)
+    history = torch.randn(5, 4, 2)  # (neurons, memory, batch)
     before = nlms(history)
     with torch.no_grad():
         nlms.layers[0].weight[2].add_(1.0)  # change neuron 2's own model only
@@ -34,9 +34,9 @@ def test_neuron_level_models_are_private():
 
 def test_neuron_level_model_reads_only_its_own_history():
     nlms = NeuronLevelModels(n_neurons=4, memory_length=3, hidden=0)
-    history = torch.randn(4, 1, 3)  # (neurons, batch, memory)
+    history = torch.randn(4, 3, 1)  # (neurons, memory, batch)
     edited = history.clone()
-    edited[1, 0] += 5.0
+    edited[1, :, 0] += 5.0
     changed = (nlms(edited) - nlms(history)).abs()[:, 0] > 0
     assert changed.tolist() == [False, True, False, False]
 
@@ -46,13 +46,26 @@ def test_synchronisation_matches_definition():
     sync = Synchronisation(d_model=6, n_synch=3, neuron_select="random", memory_length=4)
     with torch.no_grad():
         sync.decay.copy_(torch.linspace(-1.0, 6.0, sync.size))  # exercises both clamp limits
-    post = torch.randn(6, 2, 4)  # (neurons, batch, memory)
+    post = torch.randn(6, 4, 2)  # (neurons, memory, batch)
     expected = torch.zeros(2, sync.size)
     for p, (i, j) in enumerate(zip(sync.left.tolist(), sync.right.tolist())):
         rate = min(max(sync.decay[p].item(), 0.0), 4.0)
         weights = torch.tensor([torch.exp(torch.tensor(-rate * (3 - t))).item() for t in range(4)])
-        expected[:, p] = (weights * post[i] * post[j]).sum(-1) / weights.sum().sqrt()
+        expected[:, p] = (weights[:, None] * post[i] * post[j]).sum(0) / weights.sum().sqrt()
     assert torch.allclose(sync(post), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("neuron_select", ["first-last", "random", "random-pairing"])
+def test_sliding_the_window_by_one_column_equals_synchronising_the_moved_window(neuron_select):
+    torch.manual_seed(2)
+    sync = Synchronisation(d_model=6, n_synch=3, neuron_select=neuron_select, memory_length=4)
+    with torch.no_grad():
+        sync.decay.copy_(torch.linspace(-1.0, 6.0, sync.size))
+    window = torch.randn(6, 5, 3)  # five columns: the window before the move is the first four
+    weights = sync.weights()
+    before, after = sync(window[:, :4], weights), sync(window[:, 1:], weights)
+    slid = sync.slide(before.t(), window[:, 0], window[:, 4], sync.sliding_weights(weights))
+    torch.testing.assert_close(slid.t(), after, atol=1e-6, rtol=1e-6)
 
 
 def test_first_last_pairs_are_upper_triangle_of_last_neurons():
@@ -63,11 +76,11 @@ def test_first_last_pairs_are_upper_triangle_of_last_neurons():
 
 def test_reset_replaces_only_starting_entries_with_learned_start_traces():
     ctm = ContinuousThoughtMachine(4, d_model=8, memory_length=3, n_synch_out=4)
-    traces = (torch.randn(8, 3, 3), torch.randn(8, 3, 3))  # (neurons, batch, memory)
+    traces = (torch.randn(8, 3, 3), torch.randn(8, 3, 3))  # (neurons, memory, batch)
     pre, post = ctm.reset_traces(traces, torch.tensor([1.0, 0.0, 1.0]))
     for b in (0, 2):
-        assert torch.equal(pre[:, b], ctm.start_pre_trace) and torch.equal(post[:, b], ctm.start_post_trace)
-    assert torch.equal(pre[:, 1], traces[0][:, 1]) and torch.equal(post[:, 1], traces[1][:, 1])
+        assert torch.equal(pre[..., b], ctm.start_pre_trace) and torch.equal(post[..., b], ctm.start_post_trace)
+    assert torch.equal(pre[..., 1], traces[0][..., 1]) and torch.equal(post[..., 1], traces[1][..., 1])
 
 
 def test_traces_carry_across_calls():

@@ -1,4 +1,4 @@
-"""The optimised CTM (neuron-major traces, features projected once per sequence, pairs gathered from the
+"""The optimised CTM ((neuron, memory, batch) traces, features projected once per sequence, pairs gathered from the
 synchronised neurons only, batched private products) computes what the plain definition computes."""
 
 import numpy as np
@@ -21,8 +21,14 @@ def _inputs(ctm, length=7, batch=5, d_input=6, seed=0):
     return features, traces, starts
 
 
-def _neuron_major(traces):
-    return tuple(t.transpose(0, 1) for t in traces)
+def _ctm_layout(traces):
+    """Batch-major ``(B, D, M)`` traces, as the plain definition keeps them, in the CTM's ``(D, M, B)``."""
+    return tuple(t.permute(1, 2, 0) for t in traces)
+
+
+def _batch_major(traces):
+    """The CTM's ``(D, M, B)`` traces as ``(B, D, M)``."""
+    return tuple(t.permute(2, 0, 1) for t in traces)
 
 
 def _assert_same_result(result, expected):
@@ -51,14 +57,14 @@ def test_forward_and_gradients_equal_the_plain_definition(synapse_depth, nlm_hid
         ctm.synchronisation.decay.uniform_(-0.5, 5.0)  # both clamp limits and the inside
     features, traces, starts = _inputs(ctm)
 
-    fast, fast_traces = ctm(features, _neuron_major(traces), starts)
+    fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
     fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
     plain, plain_traces = reference_forward(ctm, features, traces, starts)
     plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
 
     assert fast.shape == plain.shape == (7, 5, ctm.output_size)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    for fast_trace, plain_trace in zip(_neuron_major(fast_traces), plain_traces):
+    for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
         torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
     _assert_same_gradients(ctm, fast_grads, plain_grads)
 
@@ -74,7 +80,7 @@ def test_synchronisation_followed_column_by_column_stays_exact_over_long_sequenc
     features, traces, _ = _inputs(ctm, length=300, batch=2)
     starts = torch.zeros(300, 2)
     with torch.no_grad():
-        fast, _ = ctm(3 * features, _neuron_major(traces), starts)
+        fast, _ = ctm(3 * features, _ctm_layout(traces), starts)
         plain, _ = reference_forward(ctm, 3 * features, traces, starts)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
@@ -84,7 +90,7 @@ def test_no_grad_rollout_path_equals_the_plain_definition():
     ctm = ContinuousThoughtMachine(6, d_model=32, ticks=2, memory_length=5, nlm_hidden=4, n_synch_out=8)
     features, traces, starts = _inputs(ctm, length=1, batch=9)
     with torch.no_grad():
-        fast, _ = ctm(features, _neuron_major(traces), starts)
+        fast, _ = ctm(features, _ctm_layout(traces), starts)
         plain, _ = reference_forward(ctm, features, traces, starts)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
 
@@ -107,7 +113,7 @@ def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidd
     lengths = torch.tensor(lengths)
     loss_weights = torch.randn(int(lengths.sum()), ctm.output_size)
 
-    packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _neuron_major(traces),
+    packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _ctm_layout(traces),
                                                _concatenated(starts, lengths), lengths)
     packed_grads = torch.autograd.grad((packed * loss_weights).sum(), list(ctm.parameters()), allow_unused=True)
 
@@ -122,7 +128,7 @@ def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidd
 
     assert packed.shape == alone.shape == (int(lengths.sum()), ctm.output_size)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
-    for i, packed_trace in enumerate(_neuron_major(packed_traces)):
+    for i, packed_trace in enumerate(_batch_major(packed_traces)):
         torch.testing.assert_close(packed_trace, torch.cat([t[i] for t in alone_traces]), atol=1e-5, rtol=1e-5)
     _assert_same_gradients(ctm, packed_grads, alone_grads)
 
@@ -133,8 +139,8 @@ def test_packed_sequences_of_one_length_equal_the_time_major_path():
     features, traces, starts = _inputs(ctm, length=5, batch=4)
     lengths = torch.full((4,), 5)
     with torch.no_grad():
-        full, full_traces = ctm(features, _neuron_major(traces), starts)
-        packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _neuron_major(traces),
+        full, full_traces = ctm(features, _ctm_layout(traces), starts)
+        packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _ctm_layout(traces),
                                                    _concatenated(starts, lengths), lengths)
     _assert_same_result((packed, packed_traces), (_concatenated(full, lengths), full_traces))
 
@@ -173,8 +179,8 @@ def test_batch_major_features_give_the_same_result():
     features, traces, starts = _inputs(ctm, length=5, batch=4)
     batch_major = features.transpose(0, 1).contiguous().transpose(0, 1)
     assert not batch_major.is_contiguous()
-    _assert_same_result(ctm(batch_major, _neuron_major(traces), starts),
-                        ctm(features, _neuron_major(traces), starts))
+    _assert_same_result(ctm(batch_major, _ctm_layout(traces), starts),
+                        ctm(features, _ctm_layout(traces), starts))
 
 
 def test_grid_linear_equals_linear_of_the_grid_features():
