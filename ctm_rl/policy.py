@@ -196,6 +196,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         else:
             synchronisation, (pre, post) = ctm.forward_packed(features, (pre, post), episode_starts, lengths,
                                                               features_projected)  # (N, P)
+        # Views, not copies: the next rollout step reads them back in the CTM's layout without a copy.
         flat = tuple(trace.permute(2, 0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
         return synchronisation, flat
 
