@@ -32,6 +32,7 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
+from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.baselines import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.machine import machine_description
 from ctm_rl.policy import CtmPolicy
@@ -327,12 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    kept_freed_memory = keep_freed_memory()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA device. Fix: use --device cpu.", file=sys.stderr)
         return 2
     warmup, iterations = (0, 1) if args.quick else (args.warmup, args.iterations)
-    results: dict[str, Any] = {"machine": machine_description(device), "quick": args.quick, "warmup": warmup,
+    results: dict[str, Any] = {"machine": {**machine_description(device), "keep_freed_memory": kept_freed_memory},
+                               "quick": args.quick, "warmup": warmup,
                                "iterations": iterations, "configs": {}, "rows": []}
     print(format_header())
     for name in args.configs:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError, CtmRlError
 
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         if args.report:
             summaries = [write_report(Path(folder)) for folder in args.report]

@@ -22,6 +22,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv
 
+from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.baselines import lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.callbacks import TimedEvalCallback
 from ctm_rl.checkpoints import latest_checkpoint, load_agent
@@ -189,6 +190,7 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume_from: Pat
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         if args.resume:
             run_dir = Path(args.resume)

@@ -1,6 +1,7 @@
 """The throughput benchmark and the shared-trace rollout buffer it measures."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -92,3 +93,17 @@ def test_timed_iterations_run_in_rounds_after_each_timer_warms_up_alone():
     assert bench.measure_interleaved(timers, warmup=1, iterations=2) == {"env": "env", "lstm": "lstm", "ctm": "ctm"}
     assert calls == [("env", False), ("lstm", False), ("ctm", False),
                      ("env", True), ("lstm", True), ("ctm", True), ("env", True), ("lstm", True), ("ctm", True)]
+
+
+def test_allocator_setting_applies_on_glibc_and_leaves_a_users_malloc_variables_alone(monkeypatch):
+    import platform
+    import sys
+
+    from ctm_rl.allocator import keep_freed_memory
+
+    for name in [name for name in os.environ if name.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert keep_freed_memory() is False

@@ -1,0 +1,38 @@
+"""Allocator settings for the training and benchmark commands.
+
+With glibc's defaults, a freed block larger than the mmap threshold, and free memory at the top of the heap
+beyond the trim threshold, go back to the OS, and the next allocation of that size faults its pages in
+again. A CTM rollout step allocates and frees trace-sized tensors (about a megabyte each on CartPole) every
+env step, and ran two to three times slower that way than with the memory kept in the process (one
+process, interleaved, best of four: 0.92 s against 2.67 s for 40 steps of 256 envs; the LSTM's rollout did
+not change measurably). Peak memory is unchanged; the process keeps what it has freed instead of returning
+it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds so that freed memory is reused instead of returned to the OS.
+
+    A no-op where the C library is not glibc, or where the user set any ``MALLOC_*`` variable (their choice
+    wins).
+
+    :return: whether the thresholds were set.
+    """
+    if not sys.platform.startswith("linux") or any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    # Older glibc caps the mmap threshold at 32 MiB; anything above a trace-sized tensor does here.
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+    return mmap_set and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
