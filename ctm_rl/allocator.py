@@ -1,4 +1,4 @@
-"""Allocator settings for the training and benchmark commands.
+"""The C allocator: settings for the training and benchmark commands, and handing freed memory back.
 
 With glibc's defaults, a freed block larger than the mmap threshold, and free memory at the top of the heap
 beyond the trim threshold, go back to the OS, and the next allocation of that size faults its pages in
@@ -36,3 +36,11 @@ def keep_freed_memory() -> bool:
     # Older glibc caps the mmap threshold at 32 MiB; anything above a trace-sized tensor does here.
     mmap_set = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
     return mmap_set and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the allocator holds free back to the OS now (glibc; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

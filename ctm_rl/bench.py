@@ -16,7 +16,6 @@ iterations; ``best`` is the fastest single iteration's total rate.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import resource
 import sys
@@ -32,7 +31,7 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from ctm_rl.allocator import keep_freed_memory
+from ctm_rl.allocator import keep_freed_memory, release_freed_memory
 from ctm_rl.baselines import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.machine import machine_description
 from ctm_rl.policy import CtmPolicy
@@ -123,15 +122,6 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _release_freed_memory() -> None:
-    """Hand the allocator's freed heap back to the OS (glibc), so that a peak-memory window does not start from
-    memory another agent used and freed."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class AgentTimer:
     """Runs an agent's rollout/update iterations one at a time, as ``learn`` runs them, so that the iterations
     of several agents can be interleaved; keeps each timed iteration's times and their peak memory.
@@ -152,7 +142,7 @@ class AgentTimer:
     def iterate(self, timed: bool = True) -> None:
         """One rollout and one update; ``timed=False`` for warm-up."""
         model, device = self.model, self.model.device
-        _release_freed_memory()
+        release_freed_memory()  # a peak-memory window must not start from memory another agent freed
         reset_peak_memory(device)
         _synchronise(device)
         start = time.perf_counter()
@@ -284,7 +274,8 @@ def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, wa
 _COLUMNS = (
     ("config", "{:10}", "config"), ("agent", "{:5}", "agent"), ("ticks", "{:>5}", "ticks"), ("params", "{:>10,}", "params"),
     ("rollout_sps", "{:>9,.0f}", "rollout/s"), ("update_sps", "{:>9,.0f}", "update/s"), ("total_sps", "{:>9,.0f}", "total/s"),
-    ("best_total_sps", "{:>9,.0f}", "best/s"), ("vs_lstm", "{:>7.2f}", "vs LSTM"), ("best_vs_lstm", "{:>7.2f}", "best vs"), ("vs_env", "{:>6.3f}", "vs env"), ("peak_memory_mb", "{:>8,.0f}", "peak MiB"),
+    ("best_total_sps", "{:>9,.0f}", "best/s"), ("vs_lstm", "{:>7.2f}", "vs LSTM"), ("best_vs_lstm", "{:>7.2f}", "best vs"),
+    ("vs_env", "{:>6.3f}", "vs env"), ("peak_memory_mb", "{:>8,.0f}", "peak MiB"),
     ("buffer_bytes_per_step", "{:>9,.0f}", "buf B/step"),
 )
 
