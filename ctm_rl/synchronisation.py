@@ -30,10 +30,10 @@ class SlidingWeights(NamedTuple):
     """``(P,)`` right neuron of every pair."""
     decay: torch.Tensor
     """``(P, 1)`` ``exp(-r_p)``: how much every weight shrinks when the window moves on by one column."""
-    oldest: torch.Tensor
+    oldest_weight: torch.Tensor
     """``(P, 1)`` ``exp(-r_p * M)``: the weight of the column leaving the window after the move, relative to
     the newest column's."""
-    newest: torch.Tensor
+    newest_weight: torch.Tensor
     """``(P, 1)`` ``1 / sqrt(sum_t w_p(t))``, the normalised weight of the newest column."""
 
 
@@ -102,16 +102,20 @@ class Synchronisation(nn.Module):
         """Right neuron index of every pair."""
         return self.neurons[self.right_position]
 
+    def rates(self) -> torch.Tensor:
+        """The decay rates ``r_p`` in use: the learned ones clamped to ``[0, max_decay]``, ``(P,)``."""
+        return self.decay.clamp(0.0, self.max_decay)
+
     def weights(self) -> torch.Tensor:
         """Normalised decay weights ``w_p(t) / sqrt(sum_t w_p(t))``, ``(P, M)``; the same for every step, so
         callers that process a sequence compute them once."""
-        rate = self.decay.clamp(0.0, self.max_decay)
+        rate = self.rates()
         weights = torch.exp(-rate[:, None] * self.age[None, :])
         return weights / weights.sum(-1, keepdim=True).sqrt()
 
     def sliding_weights(self, weights: torch.Tensor) -> SlidingWeights:
         """:param weights: :meth:`weights`. :return: the factors :meth:`slide` uses."""
-        rate = self.decay.clamp(0.0, self.max_decay).unsqueeze(1)  # (P, 1)
+        rate = self.rates().unsqueeze(1)  # (P, 1)
         return SlidingWeights(self.left, self.right, torch.exp(-rate), torch.exp(-rate * len(self.age)),
                               weights[:, -1:])
 
@@ -131,8 +135,8 @@ class Synchronisation(nn.Module):
         :return: ``(P, B)``.
         """
         products = (newest.index_select(0, sliding.left) * newest.index_select(0, sliding.right)
-                    - sliding.oldest * (oldest.index_select(0, sliding.left) * oldest.index_select(0, sliding.right)))
-        return torch.addcmul(sliding.decay * synchronisation, sliding.newest, products)
+                    - sliding.oldest_weight * (oldest.index_select(0, sliding.left) * oldest.index_select(0, sliding.right)))
+        return torch.addcmul(sliding.decay * synchronisation, sliding.newest_weight, products)
 
     def forward(self, post_trace: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """:param post_trace: ``(D, M, B)``. :param weights: :meth:`weights`, if already computed.
