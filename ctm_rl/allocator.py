@@ -19,6 +19,17 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (the functions below are glibc's), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds so that freed memory is reused instead of returned to the OS.
 
@@ -27,20 +38,16 @@ def keep_freed_memory() -> bool:
 
     :return: whether the thresholds were set.
     """
-    if not sys.platform.startswith("linux") or any(name.startswith("MALLOC_") for name in os.environ):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None or any(name.startswith("MALLOC_") for name in os.environ):
         return False
     # Older glibc caps the mmap threshold at 32 MiB; anything above a trace-sized tensor does here.
-    mmap_set = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
-    return mmap_set and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+    mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+    return mmap_set and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
 
 
 def release_freed_memory() -> None:
     """Hand the memory the allocator holds free back to the OS now (glibc; elsewhere a no-op)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
