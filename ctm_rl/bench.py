@@ -112,7 +112,7 @@ def buffer_bytes_per_step(model: RecurrentPPO) -> dict[str, float]:
     buffer = model.rollout_buffer
     arrays = {id(v): (k, v) for k, v in vars(buffer).items() if isinstance(v, np.ndarray)}  # aliases count once
     total = sum(v.nbytes for _, v in arrays.values())
-    states = sum(v.nbytes for k, v in arrays.values() if k.startswith(("hidden_states", "cell_states")))
+    states = sum(v.nbytes for k, v in arrays.values() if k.startswith(("hidden_states", "cell_states", "traces")))
     steps = buffer.buffer_size * buffer.n_envs
     return {"buffer_bytes_per_step": total / steps, "state_bytes_per_step": states / steps}
 

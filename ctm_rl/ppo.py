@@ -2,8 +2,9 @@
 
 ``RecurrentPPO(CtmPolicy, env)`` works unchanged; ``CtmPPO`` only swaps in a buffer from
 :mod:`ctm_rl.buffers` when the policy is a ``CtmPolicy``: one that marks the padding of replay minibatches,
-so the CTM computes real steps only, and, when one CTM serves actor and critic, stores its traces once,
-halving the buffer's state memory. The learning is the same up to float rounding. Any other policy gets
+so the CTM computes real steps only, keeps its trace store from one rollout to the next instead of
+allocating it afresh, and, when one CTM serves actor and critic, stores its traces once, halving the buffer's
+state memory. The learning is the same up to float rounding. Any other policy gets
 ``RecurrentPPO``'s own buffer.
 """
 
@@ -12,8 +13,7 @@ from __future__ import annotations
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
-from ctm_rl.buffers import (MarkedDictRolloutBuffer, MarkedRolloutBuffer, SharedTraceDictRolloutBuffer,
-                            SharedTraceRolloutBuffer)
+from ctm_rl.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
 from ctm_rl.policy import CtmPolicy
 
 
@@ -23,12 +23,9 @@ class CtmPPO(RecurrentPPO):
     def _setup_model(self) -> None:
         super()._setup_model()
         if isinstance(self.policy, CtmPolicy):
-            dict_obs = isinstance(self.observation_space, spaces.Dict)
-            if self.policy.critic_ctm is None:
-                buffer_class = SharedTraceDictRolloutBuffer if dict_obs else SharedTraceRolloutBuffer
-            else:
-                buffer_class = MarkedDictRolloutBuffer if dict_obs else MarkedRolloutBuffer
+            buffer_class = CtmDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else CtmRolloutBuffer
             self.rollout_buffer = buffer_class(
                 self.n_steps, self.observation_space, self.action_space, self.rollout_buffer.hidden_state_shape,
                 self.device, gamma=self.gamma, gae_lambda=self.gae_lambda, n_envs=self.n_envs,
+                share_traces=self.policy.critic_ctm is None,
             )

@@ -8,7 +8,7 @@ import torch
 from sb3_contrib import RecurrentPPO
 
 from ctm_rl import CtmPolicy, bench
-from ctm_rl.buffers import MarkedRolloutBuffer, SharedTraceRolloutBuffer
+from ctm_rl.buffers import CtmRolloutBuffer
 from ctm_rl.ppo import CtmPPO
 from envs import make_env
 
@@ -27,7 +27,7 @@ def test_shared_ctm_buffer_stores_traces_once_and_learns_the_same():
     plain.learn(60)
     lean = _model(CtmPPO)
     lean.learn(60)
-    assert isinstance(lean.rollout_buffer, SharedTraceRolloutBuffer)
+    assert isinstance(lean.rollout_buffer, CtmRolloutBuffer) and lean.rollout_buffer.share_traces
     trace_bytes = SMALL["d_model"] * SMALL["memory_length"] * 4
     assert bench.buffer_bytes_per_step(plain)["state_bytes_per_step"] == 4 * trace_bytes
     assert bench.buffer_bytes_per_step(lean)["state_bytes_per_step"] == 2 * trace_bytes
@@ -38,7 +38,7 @@ def test_shared_ctm_buffer_stores_traces_once_and_learns_the_same():
 
 def test_separate_critic_gets_padding_marks_without_shared_traces():
     model = _model(CtmPPO, share_ctm=False)
-    assert type(model.rollout_buffer) is MarkedRolloutBuffer
+    assert type(model.rollout_buffer) is CtmRolloutBuffer and not model.rollout_buffer.share_traces
 
 
 def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypatch):
