@@ -124,7 +124,12 @@ def _synchronise(device: torch.device) -> None:
 
 class AgentTimer:
     """Runs an agent's rollout/update iterations one at a time, as ``learn`` runs them, so that the iterations
-    of several agents can be interleaved; keeps each timed iteration's times and their peak memory.
+    of several agents can be interleaved; keeps each timed iteration's times, and the peak memory of its first
+    iteration (the warm-up, if any).
+
+    Measuring the peak needs the heap that other agents freed handed back to the operating system first;
+    doing that before every iteration would make each one fault its working memory back in, which training
+    never does, so only the first iteration pays for it.
 
     :param model: the agent, untrained.
     :param iterations: iterations it will run in all, warm-up included (for ``learn``'s progress schedule).
@@ -137,13 +142,15 @@ class AgentTimer:
                                                                  callback=None, progress_bar=False)
         self.callback.on_training_start({}, {})
         self.times: list[tuple[float, float]] = []
-        self.peak_memory_mb = 0.0
+        self.peak_memory_mb: float | None = None
 
     def iterate(self, timed: bool = True) -> None:
         """One rollout and one update; ``timed=False`` for warm-up."""
         model, device = self.model, self.model.device
-        release_freed_memory()  # a peak-memory window must not start from memory another agent freed
-        reset_peak_memory(device)
+        measure_memory = self.peak_memory_mb is None
+        if measure_memory:
+            release_freed_memory()  # the peak-memory window must not start from memory another agent freed
+            reset_peak_memory(device)
         _synchronise(device)
         start = time.perf_counter()
         model.collect_rollouts(model.env, self.callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
@@ -154,7 +161,8 @@ class AgentTimer:
         _synchronise(device)
         if timed:
             self.times.append((collected - start, time.perf_counter() - collected))
-            self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb(device))
+        if measure_memory:
+            self.peak_memory_mb = peak_memory_mb(device)
 
     def result(self) -> dict[str, Any]:
         """Rates over all timed iterations, the best iteration's total rate, and every iteration's times."""

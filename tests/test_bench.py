@@ -95,6 +95,19 @@ def test_timed_iterations_run_in_rounds_after_each_timer_warms_up_alone():
                      ("env", True), ("lstm", True), ("ctm", True), ("env", True), ("lstm", True), ("ctm", True)]
 
 
+def test_agent_timer_hands_freed_memory_back_before_its_first_iteration_only(monkeypatch):
+    released = []
+    monkeypatch.setattr(bench, "release_freed_memory", lambda: released.append(True))
+    timer = bench.AgentTimer(_model(CtmPPO), iterations=3)
+    timer.iterate(timed=False)
+    first_peak = timer.peak_memory_mb
+    timer.iterate()
+    timer.iterate()
+    assert released == [True]  # later iterations keep freed memory in the process, as training does
+    assert first_peak > 0 and timer.peak_memory_mb == first_peak
+    assert len(timer.times) == 2 and timer.result()["peak_memory_mb"] == first_peak
+
+
 def test_allocator_setting_applies_on_glibc_and_leaves_a_users_malloc_variables_alone(monkeypatch):
     import platform
     import sys
