@@ -70,6 +70,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         resets them to the learned start traces before every step, an ablation that leaves the CTM only the
         memory of its own ticks within one step.
     :param share_ctm: one CTM for actor and critic (True) or a separate CTM for the critic (False).
+    :param project_cells: with the default encoder on MiniGrid grids, compute the synapses' projection of the
+        features from the grid's distinct cells, without building the wide features (the same numbers, much
+        cheaper); ``False`` builds the features and multiplies them by the synapses' weight.
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -94,6 +97,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         initial_decay: float = 3.0,
         carry_traces: bool = True,
         share_ctm: bool = True,
+        project_cells: bool = True,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -120,8 +124,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         )
         self.d_input = d_input
         self.carry_traces = carry_traces
-        # Compute MiniGrid grids' synapse projections from their distinct cells (False: from the features).
-        self.project_cells = True
+        self.project_cells = project_cells
         self.share_ctm = share_ctm
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
             optimizer_kwargs = {"eps": 1e-5, **({"fused": True} if _HAS_FUSED_ADAM else {})}
@@ -151,7 +154,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(self.ctm_kwargs, d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm)
+        data.update(self.ctm_kwargs, d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
+                    project_cells=self.project_cells)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------

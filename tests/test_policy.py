@@ -266,3 +266,10 @@ def test_grid_projection_from_distinct_cells_equals_projecting_the_features(poli
     assert results[True][2].keys() == results[False][2].keys()
     for name, grad in results[True][2].items():
         torch.testing.assert_close(grad, results[False][2][name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_grid_projection_is_a_saved_constructor_argument(tmp_path):
+    model = small_model("MiniGrid-Empty-5x5", algorithm=CtmPPO, max_steps=10, project_cells=False)
+    assert model.policy.project_cells is False
+    model.save(tmp_path / "model.zip")
+    assert CtmPPO.load(tmp_path / "model.zip").policy.project_cells is False
