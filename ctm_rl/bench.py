@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -164,6 +164,10 @@ class AgentTimer:
         if measure_memory:
             self.peak_memory_mb = peak_memory_mb(device)
 
+    def last_seconds(self) -> float:
+        """Rollout plus update time of the latest timed iteration."""
+        return sum(self.times[-1])
+
     def result(self) -> dict[str, Any]:
         """Rates over all timed iterations, the best iteration's total rate, and every iteration's times."""
         self.callback.on_training_end()
@@ -208,6 +212,10 @@ class EnvTimer:
         if timed:
             self.times.append(time.perf_counter() - start)
 
+    def last_seconds(self) -> float:
+        """Time of the latest timed chunk."""
+        return self.times[-1]
+
     def result(self) -> dict[str, Any]:
         steps = self.steps_per_env * self.venv.num_envs
         return {"total_sps": steps * len(self.times) / sum(self.times), "best_total_sps": steps / min(self.times)}
@@ -216,15 +224,22 @@ class EnvTimer:
 Timer = AgentTimer | EnvTimer
 
 
-def measure_interleaved(timers: dict[str, Timer], warmup: int, iterations: int) -> dict[str, dict[str, Any]]:
+def measure_interleaved(timers: dict[str, Timer], warmup: int, iterations: int,
+                        progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Warm each timer up on its own, then run the timed iterations in rounds, one iteration of every timer per
-    round: a machine whose speed drifts during the run then slows all of them alike, and their ratios hold."""
+    round: a machine whose speed drifts during the run then slows all of them alike, and their ratios hold.
+
+    :param progress: called with a line after each round (a round can take minutes).
+    """
     for timer in timers.values():
         for _ in range(warmup):
             timer.iterate(timed=False)
-    for _ in range(iterations):
+    for round_ in range(iterations):
         for timer in timers.values():
             timer.iterate()
+        if progress is not None:
+            seconds = ", ".join(f"{name} {timer.last_seconds():.1f} s" for name, timer in timers.items())
+            progress(f"  timed round {round_ + 1}/{iterations}: {seconds}")
     return {name: timer.result() for name, timer in timers.items()}
 
 
@@ -257,7 +272,8 @@ def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, wa
             for (agent, (policy_class, kwargs)), venv in zip(agents.items(), venvs[1:]):
                 model = _agent(policy_class, kwargs, venv, config, n_envs, device, seed)
                 timers[agent] = AgentTimer(model, warmup + iterations)
-            results = measure_interleaved(timers, warmup, iterations)
+            results = measure_interleaved(timers, warmup, iterations,
+                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
             del timers, model
             env_row = {**base, "agent": "env", "ticks": tick_count, "params": 0, **results["env"]}
             rows.append(env_row)

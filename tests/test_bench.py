@@ -86,13 +86,20 @@ def test_timed_iterations_run_in_rounds_after_each_timer_warms_up_alone():
         def iterate(self, timed=True):
             calls.append((self.name, timed))
 
+        def last_seconds(self):
+            return len(calls) / 2
+
         def result(self):
             return self.name
 
     timers = {name: Recorder(name) for name in ("env", "lstm", "ctm")}
-    assert bench.measure_interleaved(timers, warmup=1, iterations=2) == {"env": "env", "lstm": "lstm", "ctm": "ctm"}
+    lines = []
+    assert bench.measure_interleaved(timers, warmup=1, iterations=2, progress=lines.append) == {
+        "env": "env", "lstm": "lstm", "ctm": "ctm"}
     assert calls == [("env", False), ("lstm", False), ("ctm", False),
                      ("env", True), ("lstm", True), ("ctm", True), ("env", True), ("lstm", True), ("ctm", True)]
+    assert lines == ["  timed round 1/2: env 3.0 s, lstm 3.0 s, ctm 3.0 s",
+                     "  timed round 2/2: env 4.5 s, lstm 4.5 s, ctm 4.5 s"]
 
 
 def test_agent_timer_hands_freed_memory_back_before_its_first_iteration_only(monkeypatch):
