@@ -6,7 +6,7 @@
 
 Everything runs in one process. For each config and tick count, env stepping, the LSTM and the CTM each do
 untimed warm-up iterations on their own, then timed iterations in rounds, one of each per round, so that a
-machine whose speed drifts slows all three alike and the ratios between them hold. An agent iteration is one
+machine whose speed drifts slows all three during the same minutes. An agent iteration is one
 ``RecurrentPPO`` rollout (``collect_rollouts``) and one update (``train``), exactly as ``learn`` runs them;
 an env iteration steps the env as many times as a rollout does. Rates are env steps per second: rollout =
 steps / rollout time, update = steps / update time, total = steps / (rollout + update), summed over the timed
@@ -227,7 +227,7 @@ Timer = AgentTimer | EnvTimer
 def measure_interleaved(timers: dict[str, Timer], warmup: int, iterations: int,
                         progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Warm each timer up on its own, then run the timed iterations in rounds, one iteration of every timer per
-    round: a machine whose speed drifts during the run then slows all of them alike, and their ratios hold.
+    round: a machine whose speed drifts during the run then slows all of them during the same minutes.
 
     :param progress: called with a line after each round (a round can take minutes).
     """
