@@ -60,21 +60,21 @@ class _CtmStorage:
 
     def reset(self) -> None:
         self._plain_buffer.reset(self)
-        n_steps, n_layers, n_envs, trace_size = self.hidden_state_shape
+        n_steps, _, n_envs, trace_size = self.hidden_state_shape  # CtmPolicy's state layout has one layer
         # (actor pre, actor post[, critic pre, critic post], step, env, D * M); every slot is written before the
         # buffer is read, so a store kept from the last rollout needs no zeroing.
-        shape = (2 if self.share_traces else 4, n_steps, n_envs, n_layers * trace_size)
+        shape = (2 if self.share_traces else 4, n_steps, n_envs, trace_size)
         if self.traces is None or self.traces.shape != shape:
             self.traces = np.zeros(shape, dtype=np.float32)
         # sb3-contrib's get() flattens these four; at zero width that costs nothing.
-        placeholder = np.zeros((n_steps, n_layers, n_envs, 0), dtype=np.float32)
+        placeholder = np.zeros((n_steps, 1, n_envs, 0), dtype=np.float32)
         self.hidden_states_pi = self.cell_states_pi = self.hidden_states_vf = self.cell_states_vf = placeholder
 
     def add(self, *args: Any, lstm_states: RNNStates, **kwargs: Any) -> None:
         # The policy hands its traces over as transposed views; torch's copy into the store reorders them about
         # twice as fast as numpy's assignment. zip stops after the actor's pair when the traces are shared.
         for store, trace in zip(self.traces, (*lstm_states.pi, *lstm_states.vf)):
-            torch.from_numpy(store[self.pos]).copy_(trace.reshape(store.shape[1:]))
+            torch.from_numpy(store[self.pos]).copy_(trace[0])  # (1, n_envs, D * M), one layer
         self._plain_buffer.add(self, *args, **kwargs)
 
     def _first_traces(self, rows: np.ndarray) -> RNNStates:
