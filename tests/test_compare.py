@@ -66,7 +66,9 @@ def test_comparison_folder_summary_and_rerun_of_one_deleted_run(tmp_path, capsys
         (a, str(s), str(t)) for a in ("ctm", "lstm") for s in (0, 1) for t in (256, 512)}
     for row in curves:
         assert 0 < float(row["train_time_s"]) < float(row["wall_time_s"])
-        assert float(row["steps_per_second"]) == pytest.approx(int(row["step"]) / float(row["train_time_s"]), rel=1e-2)
+        # steps_per_second comes from the unrounded time; the CSV rounds train_time_s to the millisecond.
+        train_time, step = float(row["train_time_s"]), int(row["step"])
+        assert step / (train_time + 5e-4) - 0.05 <= float(row["steps_per_second"]) <= step / (train_time - 5e-4) + 0.05
         assert float(row["return_mean"]) >= 1 and row["episodes"] == "2"
 
     # Parameter-matched agents, and the summary's numbers are the statistics of the runs' final returns.
