@@ -21,17 +21,19 @@ from ctm_rl.errors import ConfigError
 from ctm_rl.nlm import NeuronLevelModels
 from ctm_rl.synapses import Synapses
 from ctm_rl.synchronisation import MAX_DECAY, NEURON_SELECTIONS, SlidingWeights, Synchronisation
+from ctm_rl.tape import PreActivationTape, PreActivationWindow, pre_activation_history
 
 Traces = tuple[torch.Tensor, torch.Tensor]
 """(pre-activation trace, post-activation trace), each ``(d_model, memory_length, batch)``."""
 
 
 class LoopState(NamedTuple):
-    """What the step loop carries: the traces, with the post-activations as columns (every tick drops the
-    oldest and appends one, and nothing reads the whole window), and the window's synchronisation."""
+    """What the step loop carries: the pre-activation history, the post-activations as columns (every tick
+    drops the oldest and appends one, and nothing reads the whole window), and the window's synchronisation.
+    The batch is the history's first ``B`` entries, where ``B`` is the columns' width."""
 
-    pre: torch.Tensor
-    """``(D, M, B)`` pre-activation trace."""
+    pre: PreActivationTape | PreActivationWindow
+    """The pre-activation history since the last reset."""
     post_columns: tuple[torch.Tensor, ...]
     """``M`` post-activation columns, ``(D, B)`` each, oldest first."""
     synchronisation: torch.Tensor
@@ -149,9 +151,8 @@ class ContinuousThoughtMachine(nn.Module):
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
             pre_activation = self.synapses(projected_features, columns[-1].t())  # (B, D)
-            pre = torch.cat((pre[:, 1:], pre_activation.t().unsqueeze(1)), dim=1)  # (D, M, B)
-            # --- Neuron-level models: each neuron reads its own pre-activation history ---
-            post_activation = self.nlms(pre)  # (D, B)
+            # --- Neuron-level models: each neuron reads its own pre-activation history, the newest M ---
+            post_activation = self.nlms.advance(pre, pre_activation)  # (D, B)
             # --- Synchronisation follows the post-activation window as it moves on by one column ---
             synchronisation = self.synchronisation.slide(synchronisation, columns[0], post_activation, sliding)
             columns = (*columns[1:], post_activation)
@@ -242,9 +243,9 @@ class ContinuousThoughtMachine(nn.Module):
         state = None  # built at the first step, once its resets are known
         outputs, finished = [], []
         for step, (step_projected, step_starts, running) in enumerate(zip(projected, episode_starts, active)):
-            if state is not None and running < state.pre.shape[-1]:  # sequences that ended leave the batch
-                finished.append(self._traces(state, slice(running, None)))
-                state = LoopState(state.pre[..., :running], tuple(c[:, :running] for c in state.post_columns),
+            if state is not None and running < state.synchronisation.shape[-1]:  # ended sequences leave the batch
+                finished.append(self._traces(state, running))
+                state = LoopState(state.pre, tuple(c[:, :running] for c in state.post_columns),
                                   state.synchronisation[:, :running])
             if state is None or any_start[step]:
                 traces = traces if state is None else self._traces(state)
@@ -252,13 +253,16 @@ class ContinuousThoughtMachine(nn.Module):
                 if any_start[step]:
                     traces = self.reset_traces(traces, step_starts)
                 # --- Synchronisation of the whole window, then followed column by column ---
-                state = LoopState(traces[0], traces[1].unbind(1), self.synchronisation(traces[1], weights).t())
+                history = pre_activation_history(traces[0], capacity=self.ticks * (len(active) - step))
+                state = LoopState(history, traces[1].unbind(1), self.synchronisation(traces[1], weights).t())
             # --- Internal ticks ---
             state = self.think(step_projected, state, sliding)
             outputs.append(state.synchronisation.t())  # (active, P)
         return outputs, finished + [self._traces(state)]
 
     @staticmethod
-    def _traces(state: LoopState, batch: slice = slice(None)) -> Traces:
-        """The traces of a loop state's ``batch`` entries."""
-        return state.pre[..., batch], torch.stack([column[:, batch] for column in state.post_columns], dim=1)
+    def _traces(state: LoopState, first: int = 0) -> Traces:
+        """The traces of a loop state's batch entries from ``first`` on."""
+        batch = slice(first, state.synchronisation.shape[-1])
+        columns = state.post_columns
+        return state.pre.read(batch, after=columns[-1]), torch.stack([column[:, batch] for column in columns], dim=1)

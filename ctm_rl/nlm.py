@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ctm_rl.tape import PreActivationTape, PreActivationWindow
+
 
 class PrivateLinear(nn.Module):
     """``n_neurons`` independent linear maps, one per neuron, applied in a single batched matrix product.
@@ -57,3 +59,16 @@ class NeuronLevelModels(nn.Module):
     def forward(self, pre_trace: torch.Tensor) -> torch.Tensor:
         # pre_trace: (D, M, B) -> post-activation (D, B)
         return self.layers(pre_trace).squeeze(1)
+
+    def advance(self, history: PreActivationTape | PreActivationWindow, pre_activation: torch.Tensor
+                ) -> torch.Tensor:
+        """Append one tick's pre-activations to ``history`` and map every neuron's new window to its
+        post-activation: ``self(window)`` (a tape does it without building the window).
+
+        :param history: the pre-activation history so far.
+        :param pre_activation: ``(b, D)``, for the history's first ``b`` batch entries.
+        :return: post-activations ``(D, b)``.
+        """
+        first = self.layers[0]
+        hidden = history.append_and_project(pre_activation, first.weight, first.bias)  # (D, out, b)
+        return self.layers[1:](hidden).squeeze(1)
