@@ -28,16 +28,29 @@ Traces = tuple[torch.Tensor, torch.Tensor]
 
 
 class LoopState(NamedTuple):
-    """What the step loop carries: the pre-activation history, the post-activations as columns (every tick
-    drops the oldest and appends one, and nothing reads the whole window), and the window's synchronisation.
-    The batch is the history's first ``B`` entries, where ``B`` is the columns' width."""
+    """What the step loop carries: the pre-activation history, the post-activations and their pair products
+    as columns (every tick drops the oldest and appends one, and nothing reads the whole window), and the
+    window's synchronisation.
+
+    The batch is the first ``B`` entries of each, where ``B`` is the synchronisation's width: when sequences end,
+    the columns keep their width and are cut down where they are read, so that autograd does not slice every
+    column at every step at which some sequence ends.
+    """
 
     pre: PreActivationTape | PreActivationWindow
     """The pre-activation history since the last reset."""
     post_columns: tuple[torch.Tensor, ...]
-    """``M`` post-activation columns, ``(D, B)`` each, oldest first."""
+    """``M`` post-activation columns, ``(D, >= B)`` each, oldest first."""
+    products: tuple[torch.Tensor, ...]
+    """The columns' :meth:`Synchronisation.pair_products`, ``(P, >= B)`` each."""
     synchronisation: torch.Tensor
     """``(P, B)`` synchronisation of the post-activation window."""
+
+
+def _running(column: torch.Tensor, batch: int) -> torch.Tensor:
+    """The first ``batch`` entries of a column (itself where that is all of it: a full slice still costs a
+    gradient copy)."""
+    return column if column.shape[-1] == batch else column[:, :batch]
 
 
 def check_ctm_config(
@@ -147,16 +160,19 @@ class ContinuousThoughtMachine(nn.Module):
         :param sliding: the synchronisation's :meth:`Synchronisation.sliding_weights`.
         :return: the loop state after the step.
         """
-        pre, columns, synchronisation = state
+        pre, columns, products, synchronisation = state
+        batch = synchronisation.shape[-1]
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
-            pre_activation = self.synapses(projected_features, columns[-1].t())  # (B, D)
+            pre_activation = self.synapses(projected_features, _running(columns[-1], batch).t())  # (B, D)
             # --- Neuron-level models: each neuron reads its own pre-activation history, the newest M ---
             post_activation = self.nlms.advance(pre, pre_activation)  # (D, B)
             # --- Synchronisation follows the post-activation window as it moves on by one column ---
-            synchronisation = self.synchronisation.slide(synchronisation, columns[0], post_activation, sliding)
-            columns = (*columns[1:], post_activation)
-        return LoopState(pre, columns, synchronisation)
+            newest = self.synchronisation.pair_products(post_activation)  # (P, B)
+            synchronisation = self.synchronisation.slide(synchronisation, _running(products[0], batch), newest,
+                                                         sliding)
+            columns, products = (*columns[1:], post_activation), (*products[1:], newest)
+        return LoopState(pre, columns, products, synchronisation)
 
     def forward(
         self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, features_projected: bool = False,
@@ -245,8 +261,7 @@ class ContinuousThoughtMachine(nn.Module):
         for step, (step_projected, step_starts, running) in enumerate(zip(projected, episode_starts, active)):
             if state is not None and running < state.synchronisation.shape[-1]:  # ended sequences leave the batch
                 finished.append(self._traces(state, running))
-                state = LoopState(state.pre, tuple(c[:, :running] for c in state.post_columns),
-                                  state.synchronisation[:, :running])
+                state = state._replace(synchronisation=state.synchronisation[:, :running])
             if state is None or any_start[step]:
                 traces = traces if state is None else self._traces(state)
                 # --- Reset to the learned start traces where an episode starts ---
@@ -254,7 +269,9 @@ class ContinuousThoughtMachine(nn.Module):
                     traces = self.reset_traces(traces, step_starts)
                 # --- Synchronisation of the whole window, then followed column by column ---
                 history = pre_activation_history(traces[0], capacity=self.ticks * (len(active) - step))
-                state = LoopState(history, traces[1].unbind(1), self.synchronisation(traces[1], weights).t())
+                products = self.synchronisation.pair_products(traces[1])  # (P, M, B)
+                state = LoopState(history, traces[1].unbind(1), products.unbind(1),
+                                  self.synchronisation.window(products, weights))
             # --- Internal ticks ---
             state = self.think(step_projected, state, sliding)
             outputs.append(state.synchronisation.t())  # (active, P)

@@ -24,10 +24,6 @@ def synchronisation_size(n_synch: int, neuron_select: str) -> int:
 class SlidingWeights(NamedTuple):
     """What :meth:`Synchronisation.slide` needs, computed once per sequence."""
 
-    left: torch.Tensor
-    """``(P,)`` left neuron of every pair."""
-    right: torch.Tensor
-    """``(P,)`` right neuron of every pair."""
     decay: torch.Tensor
     """``(P, 1)`` ``exp(-r_p)``: how much every weight shrinks when the window moves on by one column."""
     oldest_weight: torch.Tensor
@@ -116,8 +112,23 @@ class Synchronisation(nn.Module):
     def sliding_weights(self, weights: torch.Tensor) -> SlidingWeights:
         """:param weights: :meth:`weights`. :return: the factors :meth:`slide` uses."""
         rate = self.rates().unsqueeze(1)  # (P, 1)
-        return SlidingWeights(self.left, self.right, torch.exp(-rate), torch.exp(-rate * len(self.age)),
-                              weights[:, -1:])
+        return SlidingWeights(torch.exp(-rate), torch.exp(-rate * len(self.age)), weights[:, -1:])
+
+    def pair_products(self, post: torch.Tensor) -> torch.Tensor:
+        """``z_l * z_r`` for every pair: ``(D, ..., B)`` post-activations -> ``(P, ..., B)``."""
+        # Gather the few synchronised neurons first, then their pairs from that small block.
+        if self.first_neuron is not None:
+            selected = post[self.first_neuron :]  # (S, ..., B)
+        else:
+            selected = post.index_select(0, self.neurons)  # (S, ..., B)
+        return selected.index_select(0, self.left_position) * selected.index_select(0, self.right_position)
+
+    def window(self, products: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The synchronisation of a window from its :meth:`pair_products`: ``(P, M, B)`` -> ``(P, B)``.
+
+        :param weights: :meth:`weights`.
+        """
+        return (products * weights.unsqueeze(-1)).sum(1)
 
     def slide(self, synchronisation: torch.Tensor, oldest: torch.Tensor, newest: torch.Tensor,
               sliding: SlidingWeights) -> torch.Tensor:
@@ -129,24 +140,16 @@ class Synchronisation(nn.Module):
 
         :param synchronisation: ``(P, B)``, of the window before the move (pair-major, the transpose of
             :meth:`forward`'s output).
-        :param oldest: ``(D, B)``, the post-activations leaving the window.
-        :param newest: ``(D, B)``, the new post-activations.
+        :param oldest: ``(P, B)``, the :meth:`pair_products` of the column leaving the window.
+        :param newest: ``(P, B)``, those of the new column.
         :param sliding: :meth:`sliding_weights`.
         :return: ``(P, B)``.
         """
-        products = (newest.index_select(0, sliding.left) * newest.index_select(0, sliding.right)
-                    - sliding.oldest_weight * (oldest.index_select(0, sliding.left) * oldest.index_select(0, sliding.right)))
-        return torch.addcmul(sliding.decay * synchronisation, sliding.newest_weight, products)
+        return torch.addcmul(sliding.decay * synchronisation, sliding.newest_weight,
+                             newest - sliding.oldest_weight * oldest)
 
     def forward(self, post_trace: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """:param post_trace: ``(D, M, B)``. :param weights: :meth:`weights`, if already computed.
         :return: synchronisation ``(B, P)``."""
         weights = self.weights() if weights is None else weights
-        # Gather the few synchronised neurons first, then their pairs from that small block.
-        if self.first_neuron is not None:
-            selected = post_trace[self.first_neuron :]  # (S, M, B)
-        else:
-            selected = post_trace.index_select(0, self.neurons)  # (S, M, B)
-        left = selected.index_select(0, self.left_position)  # (P, M, B)
-        right = selected.index_select(0, self.right_position)  # (P, M, B)
-        return (left * right * weights.unsqueeze(-1)).sum(1).t()
+        return self.window(self.pair_products(post_trace), weights).t()

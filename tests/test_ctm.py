@@ -64,7 +64,8 @@ def test_sliding_the_window_by_one_column_equals_synchronising_the_moved_window(
     window = torch.randn(6, 5, 3)  # five columns: the window before the move is the first four
     weights = sync.weights()
     before, after = sync(window[:, :4], weights), sync(window[:, 1:], weights)
-    slid = sync.slide(before.t(), window[:, 0], window[:, 4], sync.sliding_weights(weights))
+    products = sync.pair_products(window)  # (P, 5, 3)
+    slid = sync.slide(before.t(), products[:, 0], products[:, 4], sync.sliding_weights(weights))
     torch.testing.assert_close(slid.t(), after, atol=1e-6, rtol=1e-6)
 
 
