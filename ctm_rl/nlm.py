@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ctm_rl.tape import PreActivationTape, PreActivationWindow
+if TYPE_CHECKING:  # the tape computes its products with private_linear below
+    from ctm_rl.tape import PreActivationTape, PreActivationWindow
+
+
+def private_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Every neuron's own linear map: ``(D, in, B)`` inputs, ``(D, in, out)`` weights, ``(D, out)`` biases
+    -> ``(D, out, B)``."""
+    return torch.baddbmm(bias.unsqueeze(-1), weight.transpose(1, 2), x)
 
 
 class PrivateLinear(nn.Module):
@@ -28,8 +37,7 @@ class PrivateLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_neurons, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (D, in, B) -> (D, out, B)
-        return torch.baddbmm(self.bias.unsqueeze(-1), self.weight.transpose(1, 2), x)
+        return private_linear(x, self.weight, self.bias)
 
 
 class NeuronLevelModels(nn.Module):
@@ -69,6 +77,5 @@ class NeuronLevelModels(nn.Module):
         :param pre_activation: ``(b, D)``, for the history's first ``b`` batch entries.
         :return: post-activations ``(D, b)``.
         """
-        first = self.layers[0]
-        hidden = history.append_and_project(pre_activation, first.weight, first.bias)  # (D, out, b)
+        hidden = history.append_and_project(pre_activation, self.layers[0])  # (D, out, b)
         return self.layers[1:](hidden).squeeze(1)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from ctm_rl.nlm import PrivateLinear, private_linear
+
 
 def pre_activation_history(initial: torch.Tensor, capacity: int) -> PreActivationTape | PreActivationWindow:
     """A tape where autograd records, else the plain window.
@@ -46,12 +48,11 @@ class PreActivationWindow:
     def __init__(self, initial: torch.Tensor) -> None:
         self.trace = initial
 
-    def append_and_project(self, pre_activation: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-                           ) -> torch.Tensor:
+    def append_and_project(self, pre_activation: torch.Tensor, layer: PrivateLinear) -> torch.Tensor:
         """As :meth:`PreActivationTape.append_and_project`."""
         older = self.trace[:, 1:, : pre_activation.shape[0]]  # the first b entries are still running
         self.trace = torch.cat((older, pre_activation.t().unsqueeze(1)), dim=1)  # (D, M, b)
-        return torch.baddbmm(bias.unsqueeze(-1), weight.transpose(1, 2), self.trace)  # (D, out, b)
+        return layer(self.trace)  # (D, out, b)
 
     def read(self, batch: slice, after: torch.Tensor) -> torch.Tensor:
         """As :meth:`PreActivationTape.read`."""
@@ -85,19 +86,17 @@ class PreActivationTape:
             self.gradient = torch.zeros_like(self.values)
         return self.gradient
 
-    def append_and_project(self, pre_activation: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-                           ) -> torch.Tensor:
+    def append_and_project(self, pre_activation: torch.Tensor, layer: PrivateLinear) -> torch.Tensor:
         """Append one tick's pre-activations and apply a private linear map to every neuron's new window.
 
         :param pre_activation: ``(b, D)`` for the first ``b`` batch entries (the ones still running).
-        :param weight: ``(D, M, out)`` per-neuron weights.
-        :param bias: ``(D, out)``.
-        :return: ``(D, out, b)``, equal to ``baddbmm(bias, weight^T, window)`` over the moved window.
+        :param layer: the per-neuron linear map, ``M -> out``.
+        :return: ``(D, out, b)``, equal to ``layer(window)`` over the moved window.
         """
         if self.memory_length + self.ticks >= self.values.shape[1]:
             raise RuntimeError(f"the tape holds {self.values.shape[1] - self.memory_length} ticks, all appended")
         initial = self.initial if self.ticks == 0 else None
-        product = _WindowProduct.apply(pre_activation, weight, bias, initial, self)
+        product = _WindowProduct.apply(pre_activation, layer.weight, layer.bias, initial, self)
         self.ticks += 1
         return product
 
@@ -125,7 +124,7 @@ class _WindowProduct(torch.autograd.Function):
         window = tape.window(tick + 1, batch)  # (D, M, b)
         ctx.save_for_backward(weight)
         ctx.tape, ctx.tick, ctx.first = tape, tick, initial is not None  # type: ignore[attr-defined]
-        return torch.baddbmm(bias.unsqueeze(-1), weight.transpose(1, 2), window)  # (D, out, b)
+        return private_linear(window, weight, bias)  # (D, out, b)
 
     @staticmethod
     @once_differentiable
