@@ -3,6 +3,7 @@
     python -m ctm_rl.bench                 # every config, prints a table and writes bench.json
     python -m ctm_rl.bench --quick         # fewer envs and iterations: a couple of minutes on a 2-core CPU
     python -m ctm_rl.bench --configs cartpole --ticks 1 --device cuda
+    python -m ctm_rl.bench --configs fourrooms --device cuda --compile   # the CTM's rollout step compiled
 
 Everything runs in one process. For each config and tick count, env stepping, the LSTM and the CTM each do
 untimed warm-up iterations on their own, then timed iterations in rounds, one of each per round, so that a
@@ -10,7 +11,9 @@ machine whose speed drifts slows all three during the same minutes. An agent ite
 ``RecurrentPPO`` rollout (``collect_rollouts``) and one update (``train``), exactly as ``learn`` runs them;
 an env iteration steps the env as many times as a rollout does. Rates are env steps per second: rollout =
 steps / rollout time, update = steps / update time, total = steps / (rollout + update), summed over the timed
-iterations; ``best`` is the fastest single iteration's total rate.
+iterations; ``best`` is the fastest single iteration's total rate. With ``--compile`` the CTM's rollout step
+runs through ``torch.compile`` (``compile_rollout=True``: a CUDA graph on GPU); compilation happens in the
+warm-up iteration, so give it one.
 """
 
 from __future__ import annotations
@@ -254,9 +257,12 @@ def _agent(policy_class: type, policy_kwargs: dict[str, Any], venv: VecEnv, conf
 
 
 def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, warmup: int, iterations: int,
-               device: str, seed: int = 0, log=print) -> list[dict[str, Any]]:
+               device: str, seed: int = 0, log=print, compile_rollout: bool = False) -> list[dict[str, Any]]:
     """Per tick count: env stepping, the matched LSTM and the CTM, timed in interleaved rounds
-    (:func:`measure_interleaved`), each on its own copy of the vectorised env, all seeded alike."""
+    (:func:`measure_interleaved`), each on its own copy of the vectorised env, all seeded alike.
+
+    :param compile_rollout: the CTM's ``compile_rollout`` (the LSTM is matched to the same CTM either way).
+    """
     rows = []
     base = {"config": name, "env": config.env, "n_envs": n_envs, "n_steps": config.n_steps}
     for tick_count in ticks:
@@ -267,7 +273,7 @@ def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, wa
             ctm_kwargs = {**config.ctm, "ticks": tick_count, "memory_length": config.memory_per_tick * tick_count}
             hidden = match_lstm_hidden_size(*spaces_, ctm_kwargs)
             agents = {"lstm": (RecurrentActorCriticPolicy, lstm_policy_kwargs(hidden, config.ctm["d_input"])),
-                      "ctm": (CtmPolicy, ctm_kwargs)}
+                      "ctm": (CtmPolicy, {**ctm_kwargs, "compile_rollout": compile_rollout})}
             timers: dict[str, Timer] = {"env": EnvTimer(venvs[0], config.n_steps, seed)}
             for (agent, (policy_class, kwargs)), venv in zip(agents.items(), venvs[1:]):
                 model = _agent(policy_class, kwargs, venv, config, n_envs, device, seed)
@@ -337,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per agent (default: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per agent first (default: 1)")
     parser.add_argument("--n-envs", type=int, default=None, help="override every config's number of envs")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the CTM's rollout step through torch.compile (compile_rollout=True)")
     parser.add_argument("--out", default="bench.json", help="JSON file for the results (default: bench.json)")
     return parser
 
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warmup, iterations = (0, 1) if args.quick else (args.warmup, args.iterations)
     results: dict[str, Any] = {"machine": {**machine_description(device), "keep_freed_memory": kept_freed_memory},
-                               "quick": args.quick, "warmup": warmup,
+                               "quick": args.quick, "warmup": warmup, "compile_rollout": args.compile,
                                "iterations": iterations, "configs": {}, "rows": []}
     print(format_header())
     for name in args.configs:
@@ -358,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         ticks = [t for t in (args.ticks or config.ticks)]
         n_envs = args.n_envs or (QUICK_ENVS if args.quick else config.n_envs)
         results["configs"][name] = asdict(config)
-        results["rows"] += run_config(name, config, ticks, n_envs, warmup, iterations, device)
+        results["rows"] += run_config(name, config, ticks, n_envs, warmup, iterations, device,
+                                      compile_rollout=args.compile)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"Wrote {args.out}")
     return 0

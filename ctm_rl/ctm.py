@@ -269,13 +269,43 @@ class ContinuousThoughtMachine(nn.Module):
                     traces = self.reset_traces(traces, step_starts)
                 # --- Synchronisation of the whole window, then followed column by column ---
                 history = pre_activation_history(traces[0], capacity=self.ticks * (len(active) - step))
-                products = self.synchronisation.pair_products(traces[1])  # (P, M, B)
-                state = LoopState(history, traces[1].unbind(1), products.unbind(1),
-                                  self.synchronisation.window(products, weights))
+                state = self._start_loop(history, traces[1], weights)
             # --- Internal ticks ---
             state = self.think(step_projected, state, sliding)
             outputs.append(state.synchronisation.t())  # (active, P)
         return outputs, finished + [self._traces(state)]
+
+    def step(
+        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, features_projected: bool = False,
+    ) -> tuple[torch.Tensor, Traces]:
+        """One environment step of every sequence: :meth:`forward` with ``L = 1``, without control flow that
+        depends on the data, so that ``torch.compile`` captures it as one graph (and, on CUDA, one CUDA graph).
+
+        The traces are reset wherever an episode starts, also when none does (a no-op then), and the
+        pre-activation history is always the plain window, which autograd follows without a tape.
+
+        :param features: ``(B, d_input)``, or their :meth:`Synapses.project_features` ``(B, W)`` if
+            ``features_projected``.
+        :param traces: traces before the step, each ``(D, M, B)``.
+        :param episode_starts: ``(B,)``, 1 where the step starts a new episode.
+        :return: synchronisation ``(B, output_size)`` and the traces after the step.
+        """
+        projected = features if features_projected else self.synapses.project_features(features)  # (B, W)
+        # --- Reset to the learned start traces where an episode starts ---
+        pre, post = self.reset_traces(traces, episode_starts)
+        # --- Synchronisation of the whole window, then the internal ticks ---
+        weights = self.synchronisation.weights()  # (P, M)
+        state = self._start_loop(PreActivationWindow(pre), post, weights)
+        state = self.think(projected, state, self.synchronisation.sliding_weights(weights))
+        return state.synchronisation.t(), self._traces(state)
+
+    def _start_loop(self, history: PreActivationTape | PreActivationWindow, post_trace: torch.Tensor,
+                    weights: torch.Tensor) -> LoopState:
+        """The loop state of a post-activation trace ``(D, M, B)``: its columns, their pair products, and the
+        synchronisation of the whole window, which the ticks then follow column by column."""
+        products = self.synchronisation.pair_products(post_trace)  # (P, M, B)
+        return LoopState(history, post_trace.unbind(1), products.unbind(1),
+                         self.synchronisation.window(products, weights))
 
     @staticmethod
     def _traces(state: LoopState, first: int = 0) -> Traces:

@@ -21,6 +21,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from ctm_rl.compiled import CompiledStep, CompileOption, check_compile_option
 from ctm_rl.ctm import ContinuousThoughtMachine, check_ctm_config
 from ctm_rl.encoders import ObservationEncoder
 from ctm_rl.errors import ConfigError
@@ -73,6 +74,10 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param project_cells: with the default encoder on MiniGrid grids, compute the synapses' projection of the
         features from the grid's distinct cells, without building the wide features (the same numbers, much
         cheaper); ``False`` builds the features and multiplies them by the synapses' weight.
+    :param compile_rollout: run the CTM's rollout step (``forward``, one step of every env, no gradient)
+        through ``torch.compile``: ``True`` for the defaults of :class:`ctm_rl.compiled.CompiledStep` (one graph,
+        and a CUDA graph on GPU), or a mapping of ``torch.compile`` arguments. The first rollout compiles
+        (minutes on a small CPU); the results equal the eager step's up to float rounding.
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -98,6 +103,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         carry_traces: bool = True,
         share_ctm: bool = True,
         project_cells: bool = True,
+        compile_rollout: CompileOption = False,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -115,6 +121,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     ) -> None:
         check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select,
                          initial_decay)
+        check_compile_option(compile_rollout)
         if share_ctm and not share_features_extractor:
             raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
         self.ctm_kwargs = dict(
@@ -126,6 +133,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.carry_traces = carry_traces
         self.project_cells = project_cells
         self.share_ctm = share_ctm
+        self.compile_rollout = compile_rollout
+        self.rollout_step = (CompiledStep(compile_rollout if isinstance(compile_rollout, dict) else None)
+                             if compile_rollout else None)
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
             optimizer_kwargs = {"eps": 1e-5, **({"fused": True} if _HAS_FUSED_ADAM else {})}
         if features_extractor_class is None:
@@ -155,7 +165,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(self.ctm_kwargs, d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
-                    project_cells=self.project_cells)
+                    project_cells=self.project_cells, compile_rollout=self.compile_rollout)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -175,7 +185,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _run_ctm(
         self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor,
-        features_projected: bool = False, lengths: torch.Tensor | None = None,
+        features_projected: bool = False, lengths: torch.Tensor | None = None, rollout: bool = False,
     ) -> tuple[torch.Tensor, FlatTraces]:
         """Run ``ctm`` over a batch of sequences laid out as ``RecurrentPPO`` does, without its padding.
 
@@ -184,6 +194,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         :param traces: flat traces before each sequence, each ``(1, n_seq, D * M)``.
         :param episode_starts: ``(N,)``, 1 at episode starts.
         :param lengths: ``(n_seq,)`` steps of each sequence; ``None`` when all have ``N / n_seq`` steps.
+        :param rollout: a rollout step (one step per sequence), which runs compiled if ``compile_rollout``.
         :return: synchronisation ``(N, P)`` and the flat traces after each sequence's last step.
         """
         n_seq = traces[0].shape[1]
@@ -192,7 +203,10 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         pre, post = (trace.reshape(shape).permute(1, 2, 0) for trace in traces)  # (D, M, n_seq)
         if not self.carry_traces:
             episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
-        if lengths is None:
+        if rollout and self.rollout_step is not None and not torch.is_grad_enabled() and len(features) == n_seq:
+            synchronisation, (pre, post) = self.rollout_step(ctm, features, (pre, post), episode_starts,
+                                                             features_projected)  # (n_seq, P)
+        elif lengths is None:
             features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
             synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts.reshape(n_seq, -1).t(),
                                                features_projected)  # (L, n_seq, P)
@@ -206,15 +220,17 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _latents(
         self, obs: PyTorchObs, states: RNNStates, episode_starts: torch.Tensor, lengths: torch.Tensor | None = None,
+        rollout: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
         features, projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
-        latent_pi, traces_pi = self._run_ctm(self.ctm, features, states.pi, episode_starts, projected, lengths)
+        latent_pi, traces_pi = self._run_ctm(self.ctm, features, states.pi, episode_starts, projected, lengths,
+                                             rollout)
         if self.critic_ctm is None:
             latent_vf, traces_vf = latent_pi, traces_pi
         else:
             features, projected = self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm)
             latent_vf, traces_vf = self._run_ctm(self.critic_ctm, features, states.vf, episode_starts, projected,
-                                                 lengths)
+                                                 lengths, rollout)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
@@ -224,7 +240,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     def forward(
         self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RNNStates]:
-        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts, rollout=True)
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)

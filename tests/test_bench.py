@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 
 from ctm_rl import CtmPolicy, bench
 from ctm_rl.buffers import CtmRolloutBuffer
@@ -67,6 +68,27 @@ def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypat
     # Memory scales with ticks: twice the ticks, twice the window, twice the trace bytes.
     # (pre + post) x d_model x memory (2 per tick) x 4 bytes, stored once for the shared CTM.
     assert rows[5]["state_bytes_per_step"] == 2 * rows[2]["state_bytes_per_step"] == 2 * 16 * 4 * 4
+
+
+def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch):
+    tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=4, n_epochs=1, n_minibatches=1,
+                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
+    monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
+    built = {}
+    make_agent = bench._agent
+
+    def recording_agent(policy_class, policy_kwargs, *args, **kwargs):
+        built[policy_class] = dict(policy_kwargs)
+        if policy_kwargs.get("compile_rollout"):  # the same path, without the code generation's minute
+            policy_kwargs = {**policy_kwargs, "compile_rollout": {"backend": "eager"}}
+        return make_agent(policy_class, policy_kwargs, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_agent", recording_agent)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--configs", "tiny", "--warmup", "0", "--iterations", "1", "--compile", "--out", str(out)]) == 0
+    assert built[CtmPolicy]["compile_rollout"] is True
+    assert "compile_rollout" not in built[RecurrentActorCriticPolicy]
+    assert json.loads(out.read_text())["compile_rollout"] is True
 
 
 def test_benchmark_refuses_cuda_without_a_gpu(capsys):
