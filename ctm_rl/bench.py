@@ -1,7 +1,7 @@
 """Throughput benchmark: environment stepping alone, the parameter-matched LSTM agent and the CTM agent.
 
     python -m ctm_rl.bench                 # every config, prints a table and writes bench.json
-    python -m ctm_rl.bench --quick         # fewer envs and iterations: a couple of minutes on a 2-core CPU
+    python -m ctm_rl.bench --quick         # fewer envs, ticks and iterations: under 2 minutes on a 2-core CPU
     python -m ctm_rl.bench --configs cartpole --ticks 1 --device cuda
     python -m ctm_rl.bench --configs fourrooms --device cuda --compile   # the CTM's rollout step compiled
 
@@ -78,8 +78,9 @@ CONFIGS: dict[str, BenchConfig] = {
         ctm=dict(d_model=512, d_input=128, nlm_hidden=16, n_synch_out=32), ticks=(1, 2), max_steps=300,
     ),
 }
-QUICK_ENVS = 64
-"""Environments per config in ``--quick`` mode."""
+QUICK_ENVS = 32
+"""Environments per config in ``--quick`` mode, which also measures only each config's first tick count (unless
+``--ticks`` says otherwise), with no warm-up and one timed iteration."""
 
 
 # --- Measurements ---------------------------------------------------------------------------------------
@@ -339,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tick counts to measure (default: each config's own)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_ENVS} envs per config, no warm-up and one timed iteration")
+                        help=f"{QUICK_ENVS} envs per config, its first tick count only (unless --ticks), no warm-up "
+                             "and one timed iteration")
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per agent (default: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per agent first (default: 1)")
     parser.add_argument("--n-envs", type=int, default=None, help="override every config's number of envs")
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_header())
     for name in args.configs:
         config = CONFIGS[name]
-        ticks = [t for t in (args.ticks or config.ticks)]
+        ticks = list(args.ticks or (config.ticks[:1] if args.quick else config.ticks))
         n_envs = args.n_envs or (QUICK_ENVS if args.quick else config.n_envs)
         results["configs"][name] = asdict(config)
         results["rows"] += run_config(name, config, ticks, n_envs, warmup, iterations, device,

@@ -91,6 +91,19 @@ def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["compile_rollout"] is True
 
 
+def test_quick_mode_measures_each_configs_first_tick_count_on_fewer_envs(tmp_path, monkeypatch):
+    tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=64, n_steps=4, n_epochs=1, n_minibatches=1,
+                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(2, 3))
+    monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--configs", "tiny", "--quick", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [(row["agent"], row["ticks"], row["n_envs"]) for row in results["rows"]] == [
+        (agent, 2, bench.QUICK_ENVS) for agent in ("env", "lstm", "ctm")]
+    assert (results["warmup"], results["iterations"]) == (0, 1)
+    assert len(results["rows"][-1]["iteration_seconds"]) == 1
+
+
 def test_benchmark_refuses_cuda_without_a_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
