@@ -229,7 +229,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         if self.critic_ctm is None:
             latent_vf, traces_vf = latent_pi, traces_pi
         else:
-            features, projected = self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm)
+            if projected or self.vf_features_extractor is not self.pi_features_extractor:
+                # Projections are made with each CTM's own synapses; features from one encoder are reused.
+                features, projected = self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm)
             latent_vf, traces_vf = self._run_ctm(self.critic_ctm, features, states.vf, episode_starts, projected,
                                                  lengths, rollout)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)

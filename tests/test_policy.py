@@ -175,6 +175,18 @@ def test_shared_ctm_stores_one_core_and_equal_critic_traces():
     np.testing.assert_array_equal(model.rollout_buffer.hidden_states_pi, model.rollout_buffer.hidden_states_vf)
 
 
+def test_separate_critic_ctm_reads_the_shared_encoders_features_once():
+    model = small_model(share_ctm=False)
+    calls = []
+    model.policy.features_extractor.register_forward_hook(lambda *args: calls.append(1))
+    collect_rollout(model)
+    # One encoder pass per rollout step, and one for the value of the last observation.
+    assert len(calls) == model.n_steps + 1
+    # The critic CTM still reads them with its own synapses: its values are not the actor CTM's.
+    critic, actor = model.policy.critic_ctm, model.policy.ctm
+    assert not torch.equal(critic.synapses.feature_weight, actor.synapses.feature_weight)
+
+
 @pytest.mark.parametrize("action_kind", ["discrete", "multidiscrete", "box"])
 def test_action_spaces_train_and_evaluate(action_kind):
     model = RecurrentPPO(CtmPolicy, _toy_env(action_kind), n_steps=16, batch_size=32, n_epochs=2,
