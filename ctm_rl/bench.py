@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda, but torch sees no CUDA device. Fix: use --device cpu.", file=sys.stderr)
         return 2
     warmup, iterations = (0, 1) if args.quick else (args.warmup, args.iterations)
+    if args.compile and warmup == 0:
+        print("warning: --compile without a warm-up iteration times the compilation as part of the CTM's first "
+              "rollout. Fix: --warmup 1 (and no --quick).", file=sys.stderr)
     results: dict[str, Any] = {"machine": {**machine_description(device), "keep_freed_memory": kept_freed_memory},
                                "quick": args.quick, "warmup": warmup, "compile_rollout": args.compile,
                                "iterations": iterations, "configs": {}, "rows": []}

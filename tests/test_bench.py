@@ -70,7 +70,7 @@ def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypat
     assert rows[5]["state_bytes_per_step"] == 2 * rows[2]["state_bytes_per_step"] == 2 * 16 * 4 * 4
 
 
-def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch):
+def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch, capsys):
     tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=4, n_epochs=1, n_minibatches=1,
                              ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
     monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
@@ -89,6 +89,7 @@ def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch):
     assert built[CtmPolicy]["compile_rollout"] is True
     assert "compile_rollout" not in built[RecurrentActorCriticPolicy]
     assert json.loads(out.read_text())["compile_rollout"] is True
+    assert "times the compilation" in capsys.readouterr().err  # no warm-up iteration was asked for
 
 
 def test_quick_mode_measures_each_configs_first_tick_count_on_fewer_envs(tmp_path, monkeypatch):
