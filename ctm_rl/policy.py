@@ -134,9 +134,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.project_cells = project_cells
         self.share_ctm = share_ctm
         self.compile_rollout = compile_rollout
-        # An empty mapping compiles with the defaults, as True does.
-        self.rollout_step = (CompiledStep(compile_rollout) if isinstance(compile_rollout, dict)
-                             else CompiledStep() if compile_rollout else None)
+        self.rollout_step = None if compile_rollout is False else CompiledStep(
+            compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
             optimizer_kwargs = {"eps": 1e-5, **({"fused": True} if _HAS_FUSED_ADAM else {})}
         if features_extractor_class is None:
