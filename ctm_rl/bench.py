@@ -4,6 +4,7 @@
     python -m ctm_rl.bench --quick         # fewer envs, ticks and iterations: under 2 minutes on a 2-core CPU
     python -m ctm_rl.bench --configs cartpole --ticks 1 --device cuda
     python -m ctm_rl.bench --configs fourrooms --device cuda --compile   # the CTM's rollout step compiled
+    python -m ctm_rl.bench --configs fourrooms --device cuda --profile prof   # and a profiled iteration of each agent
 
 Everything runs in one process. For each config and tick count, env stepping, the LSTM and the CTM each do
 untimed warm-up iterations on their own, then timed iterations in rounds, one of each per round, so that a
@@ -13,7 +14,9 @@ an env iteration steps the env as many times as a rollout does. Rates are env st
 steps / rollout time, update = steps / update time, total = steps / (rollout + update), summed over the timed
 iterations; ``best`` is the fastest single iteration's total rate. With ``--compile`` the CTM's rollout step
 runs through ``torch.compile`` (``compile_rollout=True``: a CUDA graph on GPU); compilation happens in the
-warm-up iteration, so give it one.
+warm-up iteration, so give it one. With ``--profile DIR`` each agent runs one more iteration, untimed, under the
+torch profiler (CUDA kernels too on GPU), which writes its trace (Chrome trace format) and a table of the
+costliest operations to ``DIR``.
 """
 
 from __future__ import annotations
@@ -247,6 +250,23 @@ def measure_interleaved(timers: dict[str, Timer], warmup: int, iterations: int,
     return {name: timer.result() for name, timer in timers.items()}
 
 
+def profile_iteration(timer: AgentTimer, path: Path) -> None:
+    """One more iteration of ``timer``'s agent, untimed, under the torch profiler: its trace to ``path`` (Chrome
+    trace format: Perfetto or ``chrome://tracing`` open it) and its costliest operations to ``path`` with the
+    suffix ``.txt``."""
+    on_cuda = timer.model.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        timer.iterate(timed=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiler.export_chrome_trace(str(path))
+    table = profiler.key_averages().table(sort_by="self_cuda_time_total" if on_cuda else "self_cpu_time_total",
+                                          row_limit=40)
+    path.with_suffix(".txt").write_text(table)
+
+
 # --- One config -----------------------------------------------------------------------------------------
 
 
@@ -258,11 +278,13 @@ def _agent(policy_class: type, policy_kwargs: dict[str, Any], venv: VecEnv, conf
 
 
 def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, warmup: int, iterations: int,
-               device: str, seed: int = 0, log=print, compile_rollout: bool = False) -> list[dict[str, Any]]:
+               device: str, seed: int = 0, log=print, compile_rollout: bool = False,
+               profile_dir: Path | None = None) -> list[dict[str, Any]]:
     """Per tick count: env stepping, the matched LSTM and the CTM, timed in interleaved rounds
     (:func:`measure_interleaved`), each on its own copy of the vectorised env, all seeded alike.
 
     :param compile_rollout: the CTM's ``compile_rollout`` (the LSTM is matched to the same CTM either way).
+    :param profile_dir: where :func:`profile_iteration` writes each agent's profile after the timed rounds.
     """
     rows = []
     base = {"config": name, "env": config.env, "n_envs": n_envs, "n_steps": config.n_steps}
@@ -278,9 +300,11 @@ def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, wa
             timers: dict[str, Timer] = {"env": EnvTimer(venvs[0], config.n_steps, seed)}
             for (agent, (policy_class, kwargs)), venv in zip(agents.items(), venvs[1:]):
                 model = _agent(policy_class, kwargs, venv, config, n_envs, device, seed)
-                timers[agent] = AgentTimer(model, warmup + iterations)
+                timers[agent] = AgentTimer(model, warmup + iterations + (profile_dir is not None))
             results = measure_interleaved(timers, warmup, iterations,
                                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+            for agent in agents if profile_dir is not None else ():
+                profile_iteration(timers[agent], profile_dir / f"{name}-ticks{tick_count}-{agent}.json")
             del timers, model
             env_row = {**base, "agent": "env", "ticks": tick_count, "params": 0, **results["env"]}
             rows.append(env_row)
@@ -347,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-envs", type=int, default=None, help="override every config's number of envs")
     parser.add_argument("--compile", action="store_true",
                         help="run the CTM's rollout step through torch.compile (compile_rollout=True)")
+    parser.add_argument("--profile", metavar="DIR", type=Path, default=None,
+                        help="after the timed rounds, profile one more iteration of each agent: a trace (large) "
+                             "and a table of the costliest operations per agent in DIR")
     parser.add_argument("--out", default="bench.json", help="JSON file for the results (default: bench.json)")
     return parser
 
@@ -372,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         n_envs = args.n_envs or (QUICK_ENVS if args.quick else config.n_envs)
         results["configs"][name] = asdict(config)
         results["rows"] += run_config(name, config, ticks, n_envs, warmup, iterations, device,
-                                      compile_rollout=args.compile)
+                                      compile_rollout=args.compile, profile_dir=args.profile)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"Wrote {args.out}")
     return 0

@@ -105,6 +105,21 @@ def test_quick_mode_measures_each_configs_first_tick_count_on_fewer_envs(tmp_pat
     assert len(results["rows"][-1]["iteration_seconds"]) == 1
 
 
+def test_profile_option_writes_a_trace_and_a_table_per_agent(tmp_path, monkeypatch):
+    tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=4, n_epochs=1, n_minibatches=1,
+                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
+    monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
+    profiles = tmp_path / "profiles"
+    assert bench.main(["--configs", "tiny", "--warmup", "0", "--iterations", "1", "--profile", str(profiles),
+                       "--out", str(tmp_path / "bench.json")]) == 0
+    assert sorted(path.name for path in profiles.iterdir()) == [
+        "tiny-ticks1-ctm.json", "tiny-ticks1-ctm.txt", "tiny-ticks1-lstm.json", "tiny-ticks1-lstm.txt"]
+    trace = json.loads((profiles / "tiny-ticks1-ctm.json").read_text())
+    names = {event.get("name") for event in trace["traceEvents"]}
+    assert "aten::baddbmm" in names  # the neuron-level models' products: the CTM's iteration was recorded
+    assert "aten::lstm" in (profiles / "tiny-ticks1-lstm.txt").read_text()
+
+
 def test_benchmark_refuses_cuda_without_a_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
