@@ -34,23 +34,25 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
-from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.allocator import keep_freed_memory, release_freed_memory
-from ctm_rl.baselines import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.config import POLICY_KINDS, parse_key_values, resolve_config
+from ctm_rl.envs import make_env
+from ctm_rl.errors import CtmRlError
 from ctm_rl.machine import machine_description
-from ctm_rl.policy import CtmPolicy
-from ctm_rl.ppo import CtmPPO
-from envs.factory import make_env
+from ctm_rl.sb3.lstm import count_parameters
+from ctm_rl.sb3.ppo import CtmPPO
 
 
 @dataclass
 class BenchConfig:
-    """One benchmark setting: an environment, PPO's batch shape and a CTM size (the reference's configs)."""
+    """One benchmark setting: an environment and PPO's batch shape (the CTM reference's), measured on the agents
+    that the presets train for that environment."""
 
     env: str
-    """Environment name, as the training command takes it."""
+    """Environment name, as the training command takes it; the CTM is the ``ctm`` preset's for it, the LSTM the
+    ``lstm`` preset's, matched to that CTM."""
     n_envs: int
     """Parallel environments."""
     n_steps: int
@@ -59,27 +61,17 @@ class BenchConfig:
     """PPO epochs per update."""
     n_minibatches: int
     """Minibatches per epoch (``batch_size = n_envs * n_steps / n_minibatches``)."""
-    ctm: dict[str, Any]
-    """``CtmPolicy`` keyword arguments, without ``ticks``."""
     ticks: tuple[int, ...]
-    """Tick counts to measure; the memory length scales with them (``memory_per_tick * ticks``)."""
-    memory_per_tick: int = 10
-    """Memory length per tick, so that the window covers the same number of env steps for every tick count."""
-    max_steps: int | None = None
-    """Episode step limit (``None``: the env's own)."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Environment constructor arguments."""
+    """Tick counts to measure."""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the presets' policy keys (``--hyperparams`` adds to them); keys the LSTM takes too
+    (``d_input``) apply to both agents."""
 
 
 CONFIGS: dict[str, BenchConfig] = {
-    "cartpole": BenchConfig(
-        env="CartPole-NoVel", n_envs=256, n_steps=100, n_epochs=4, n_minibatches=4,
-        ctm=dict(d_model=128, d_input=128, nlm_hidden=4, n_synch_out=16), ticks=(1, 5),
-    ),
-    "fourrooms": BenchConfig(
-        env="MiniGrid-FourRooms", n_envs=256, n_steps=50, n_epochs=1, n_minibatches=4,
-        ctm=dict(d_model=512, d_input=128, nlm_hidden=16, n_synch_out=32), ticks=(1, 2), max_steps=300,
-    ),
+    "cartpole": BenchConfig(env="CartPole-NoVel", n_envs=256, n_steps=100, n_epochs=4, n_minibatches=4, ticks=(1, 5)),
+    "fourrooms": BenchConfig(env="MiniGrid-FourRooms", n_envs=256, n_steps=50, n_epochs=1, n_minibatches=4,
+                             ticks=(1, 2)),
 }
 QUICK_ENVS = 32
 """Environments per config in ``--quick`` mode, which also measures only each config's first tick count (unless
@@ -279,24 +271,29 @@ def _agent(policy_class: type, policy_kwargs: dict[str, Any], venv: VecEnv, conf
 
 def run_config(name: str, config: BenchConfig, ticks: list[int], n_envs: int, warmup: int, iterations: int,
                device: str, seed: int = 0, log=print, compile_rollout: bool = False,
-               profile_dir: Path | None = None) -> list[dict[str, Any]]:
+               profile_dir: Path | None = None, hyperparams: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per tick count: env stepping, the matched LSTM and the CTM, timed in interleaved rounds
     (:func:`measure_interleaved`), each on its own copy of the vectorised env, all seeded alike.
 
+    :param hyperparams: policy overrides on top of the config's own.
     :param compile_rollout: the CTM's ``compile_rollout`` (the LSTM is matched to the same CTM either way).
     :param profile_dir: where :func:`profile_iteration` writes each agent's profile after the timed rounds.
     """
     rows = []
+    hyperparams = hyperparams or {}
     base = {"config": name, "env": config.env, "n_envs": n_envs, "n_steps": config.n_steps}
     for tick_count in ticks:
-        venvs = [make_env(config.env, n_envs=n_envs, seed=seed, max_steps=config.max_steps,
-                          env_kwargs=config.env_kwargs) for _ in range(3)]
+        ctm, env = resolve_config(config.env, "ctm", {**config.hyperparams, **hyperparams}, ticks=tick_count)
+        shared = {key: value for key, value in {**config.hyperparams, **hyperparams}.items()
+                  if key in POLICY_KINDS["lstm"].keys}
+        lstm, _ = resolve_config(config.env, "lstm", shared, match_to=ctm.policy_kwargs)
+        venvs = [make_env(env, n_envs=n_envs, seed=seed, max_steps=ctm.max_steps) for _ in range(3)]
         try:
             spaces_ = (venvs[0].observation_space, venvs[0].action_space)
-            ctm_kwargs = {**config.ctm, "ticks": tick_count, "memory_length": config.memory_per_tick * tick_count}
-            hidden = match_lstm_hidden_size(*spaces_, ctm_kwargs)
-            agents = {"lstm": (RecurrentActorCriticPolicy, lstm_policy_kwargs(hidden, config.ctm["d_input"])),
-                      "ctm": (CtmPolicy, {**ctm_kwargs, "compile_rollout": compile_rollout})}
+            hidden = lstm.policy_kwargs["lstm_hidden_size"]
+            policy_class, ctm_kwargs = ctm.policy_and_kwargs()
+            agents = {"lstm": lstm.policy_and_kwargs(),
+                      "ctm": (policy_class, {**ctm_kwargs, "compile_rollout": compile_rollout})}
             timers: dict[str, Timer] = {"env": EnvTimer(venvs[0], config.n_steps, seed)}
             for (agent, (policy_class, kwargs)), venv in zip(agents.items(), venvs[1:]):
                 model = _agent(policy_class, kwargs, venv, config, n_envs, device, seed)
@@ -369,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per agent (default: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per agent first (default: 1)")
     parser.add_argument("--n-envs", type=int, default=None, help="override every config's number of envs")
+    parser.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="policy overrides of the presets for every config (d_model=512 d_input=128)")
     parser.add_argument("--compile", action="store_true",
                         help="run the CTM's rollout step through torch.compile (compile_rollout=True)")
     parser.add_argument("--profile", metavar="DIR", type=Path, default=None,
@@ -385,12 +384,17 @@ def main(argv: list[str] | None = None) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA device. Fix: use --device cpu.", file=sys.stderr)
         return 2
+    try:
+        hyperparams = parse_key_values(args.hyperparams, "--hyperparams")
+    except CtmRlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     warmup, iterations = (0, 1) if args.quick else (args.warmup, args.iterations)
     if args.compile and warmup == 0:
         print("warning: --compile without a warm-up iteration times the compilation as part of the CTM's first "
               "rollout. Fix: --warmup 1 (and no --quick).", file=sys.stderr)
     results: dict[str, Any] = {"machine": {**machine_description(device), "keep_freed_memory": kept_freed_memory},
-                               "quick": args.quick, "warmup": warmup, "compile_rollout": args.compile,
+                               "quick": args.quick, "hyperparams": hyperparams, "warmup": warmup, "compile_rollout": args.compile,
                                "iterations": iterations, "configs": {}, "rows": []}
     print(format_header())
     for name in args.configs:
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         n_envs = args.n_envs or (QUICK_ENVS if args.quick else config.n_envs)
         results["configs"][name] = asdict(config)
         results["rows"] += run_config(name, config, ticks, n_envs, warmup, iterations, device,
-                                      compile_rollout=args.compile, profile_dir=args.profile)
+                                      compile_rollout=args.compile, profile_dir=args.profile, hyperparams=hyperparams)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"Wrote {args.out}")
     return 0

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -32,85 +31,10 @@ import torch
 import yaml
 
 from ctm_rl.allocator import keep_freed_memory
-from ctm_rl.config import SavedConfig
+from ctm_rl.config import TrainConfig, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
-
-CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR = "comparison.yaml", "command.txt", "result.json", "runs"
-_SAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
-_NEXT_OVERRIDE = re.compile(r",(?=\s*[A-Za-z_][\w.]*=)")  # a comma that starts the next key=value
-
-
-@dataclass
-class CompareConfig(SavedConfig):
-    """What a comparison trains and how it is evaluated; saved as ``comparison.yaml`` in its folder."""
-
-    env: str = "CartPole-NoVel"
-    """Environment name, as ``python -m ctm_rl.train --env`` takes it."""
-    agents: list[str] = field(default_factory=lambda: ["ctm", "lstm"])
-    """Agent specs: a preset name, optionally with ``:key=value,...`` overrides (``ctm:ticks=5``)."""
-    seeds: list[int] = field(default_factory=lambda: list(range(5)))
-    """Seeds; every agent is trained once per seed."""
-    timesteps: int = 200_000
-    """Environment steps per run, the same for every agent."""
-    eval_freq: int = 10_000
-    """Environment steps between evaluations."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, on separate evaluation environments (deterministic actions)."""
-    hyperparams: list[str] = field(default_factory=list)
-    """``key=value`` overrides applied to every agent before its own."""
-    n_envs: int | None = None
-    """Training environments per run; ``None`` keeps each preset's."""
-    max_steps: int | None = None
-    """Episode step limit; ``None`` keeps each preset's."""
-    threshold: float | None = None
-    """Return that counts as solved for "steps to threshold"; ``None`` takes the env's ``reward_threshold``."""
-    baseline: str | None = None
-    """Agent the probability of improvement is measured against; ``None`` takes the first LSTM agent, or else
-    the last agent."""
-    description: str | None = None
-    """What the comparison is for and why its budget, shown at the top of its summary."""
-
-    # Fields that define what a run computes; a folder's runs are only comparable if these match.
-    RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps")
-
-    def baseline_agent(self) -> str:
-        """The agent the others are compared against."""
-        if self.baseline is not None:
-            return self.baseline
-        lstms = [agent for agent in self.agents if AgentSpec.parse(agent).preset == "lstm"]
-        return lstms[0] if lstms else self.agents[-1]
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """An agent of a comparison: a preset and overrides of it.
-
-    :param label: the spec as typed (``ctm:ticks=5``), used in tables and plots.
-    :param preset: the preset name (``ctm``).
-    :param overrides: ``key=value`` strings, applied after the comparison's shared overrides.
-    """
-
-    label: str
-    preset: str
-    overrides: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> AgentSpec:
-        preset, _, rest = text.partition(":")
-        if not preset:
-            raise ConfigError(f"Agent spec {text!r} has no preset name. Expected PRESET or PRESET:key=value,...")
-        overrides = tuple(part.strip() for part in _NEXT_OVERRIDE.split(rest)) if rest else ()
-        for override in overrides:
-            if not re.match(r"[A-Za-z_][\w.]*=", override):
-                raise ConfigError(f"Agent spec {text!r}: {override!r} is not key=value. "
-                                  f"Expected PRESET:key=value,key=value (for example ctm:ticks=5,memory_length=20).")
-        return cls(text, preset, overrides)
-
-    @property
-    def dirname(self) -> str:
-        """The spec made safe for a folder name (``ctm:ticks=5`` -> ``ctm_ticks=5``)."""
-        return _SAFE.sub("_", self.label)
-
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig, run_dir_of,
+                         safe_name)
 
 @dataclass(frozen=True)
 class RunJob:
@@ -118,39 +42,24 @@ class RunJob:
 
     :param agent: the agent's label.
     :param seed: the run's seed.
-    :param train_args: the ``python -m ctm_rl.train`` arguments of the run.
+    :param config: the run's :class:`TrainConfig`, as a mapping (it travels to worker processes and Ray tasks).
     :param run_dir: the run's folder.
+    :param command: the comparison's command line, recorded in the run folder.
     :param threads: torch threads for the run.
     :param runs_at_once: runs sharing the machine with it (``None`` when a scheduler decides), for the record.
     """
 
     agent: str
     seed: int
-    train_args: tuple[str, ...]
+    config: dict[str, Any]
     run_dir: str
+    command: str = ""
     threads: int = 1
     runs_at_once: int | None = None
 
 
 class RunInterrupted(CtmRlError):
     """A run stopped before its budget (Ctrl-C); it is not a result."""
-
-
-def train_arguments(config: CompareConfig, spec: AgentSpec, seed: int, device: str) -> list[str]:
-    """The ``python -m ctm_rl.train`` arguments of one run."""
-    args = ["--env", config.env, "--agent", spec.preset, "--seed", str(seed), "--timesteps", str(config.timesteps),
-            "--eval-freq", str(config.eval_freq), "--eval-episodes", str(config.eval_episodes),
-            "--checkpoint-freq", "0", "--device", device, "--no-progress-bar"]
-    if config.n_envs is not None:
-        args += ["--n-envs", str(config.n_envs)]
-    if config.max_steps is not None:
-        args += ["--max-steps", str(config.max_steps)]
-    overrides = [*config.hyperparams, *spec.overrides]
-    return args + (["--hyperparams", *overrides] if overrides else [])
-
-
-def run_dir_of(out: Path, spec: AgentSpec, seed: int) -> Path:
-    return out / RUNS_DIR / spec.dirname / f"seed{seed}"
 
 
 def execute_run(job: RunJob) -> dict[str, Any]:
@@ -160,16 +69,19 @@ def execute_run(job: RunJob) -> dict[str, Any]:
 
     :raises RunInterrupted: if training stopped before its budget.
     """
+    from ctm_rl.envs import resolve_env
     from ctm_rl.machine import code_version, machine_description
-    from ctm_rl.train import build_parser, config_from_args, train
+    from ctm_rl.train import train
 
     torch.set_num_threads(job.threads)
     run_dir = Path(job.run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / COMMAND_FILE).write_text(shlex.join([sys.executable, "-m", "ctm_rl.train", *job.train_args]) + "\n")
-    config, env = config_from_args(build_parser().parse_args(list(job.train_args)))
+    if job.command:
+        (run_dir / COMMAND_FILE).write_text(job.command + "\n")
+    config = TrainConfig.from_dict(job.config)
+    env = resolve_env(config.env, config.mask_velocity, config.env_module)
     started = time.perf_counter()
     model = train(config, env, run_dir)
     wall_time = time.perf_counter() - started
@@ -188,7 +100,8 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "agent": job.agent, "seed": job.seed, "timesteps": int(model.num_timesteps),
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
-        "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once, "policy": config.policy, "algo": config.algo,
+        "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
+        "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
         "evaluations": evaluations,
     }
 
@@ -212,26 +125,51 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
         description=existing.description if config.description is None else config.description)
 
 
-def plan(config: CompareConfig, out: Path, device: str = "auto", threads: int = 1,
-         runs_at_once: int | None = None) -> list[RunJob]:
-    """Every run of the comparison, after checking each agent's settings (env, preset, keys) up front."""
-    from ctm_rl.train import build_parser, config_from_args
+def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, TrainConfig]:
+    """Every agent's training configuration (for the comparison's first seed), validated before anything trains.
 
+    An LSTM with ``lstm_hidden_size: match`` is sized to the comparison's first CTM agent, as trained (its
+    overrides included); without a CTM agent, to the ``ctm`` preset.
+    """
     specs = [AgentSpec.parse(agent) for agent in config.agents]
     dirnames = [spec.dirname for spec in specs]
     if len(set(dirnames)) != len(dirnames):
         raise ConfigError(f"Agents must differ: {', '.join(config.agents)} name the same run folders.")
     if config.baseline_agent() not in config.agents:
         raise ConfigError(f"--baseline {config.baseline!r} is not one of the agents ({', '.join(config.agents)}).")
-    jobs = []
+    shared = parse_key_values(config.hyperparams, "--hyperparams")
+    settings = dict(timesteps=config.timesteps, n_envs=config.n_envs, max_steps=config.max_steps,
+                    eval_freq=config.eval_freq, eval_episodes=config.eval_episodes, checkpoint_freq=0, device=device,
+                    progress_bar=False, seed=config.seeds[0])
+    def agent_error(spec: AgentSpec, error: CtmRlError) -> CtmRlError:
+        return type(error)(f"agent {spec.label!r}: {error}")
+
+    kinds = {}
     for spec in specs:
         try:
-            config_from_args(build_parser().parse_args(train_arguments(config, spec, config.seeds[0], device)))
+            kinds[spec.label] = preset_policy(spec.preset, config.env)
         except CtmRlError as error:
-            raise type(error)(f"agent {spec.label!r}: {error}") from None
-        jobs += [RunJob(spec.label, seed, tuple(train_arguments(config, spec, seed, device)),
-                        str(run_dir_of(out, spec, seed)), threads, runs_at_once) for seed in config.seeds]
-    return jobs
+            raise agent_error(spec, error) from None
+    configs: dict[str, TrainConfig] = {}
+    match_to = None
+    # CTM agents first, so that a matched LSTM knows the CTM it is compared with.
+    for spec in sorted(specs, key=lambda spec: kinds[spec.label] != "ctm"):
+        try:
+            overrides = {**shared, **parse_key_values(list(spec.overrides), f"agent {spec.label!r}")}
+            configs[spec.label], _ = resolve_config(config.env, spec.preset, overrides, match_to=match_to, **settings)
+        except CtmRlError as error:
+            raise agent_error(spec, error) from None
+        if match_to is None and configs[spec.label].policy == "ctm":
+            match_to = configs[spec.label].policy_kwargs
+    return {spec.label: configs[spec.label] for spec in specs}
+
+
+def plan(config: CompareConfig, out: Path, device: str = "auto", threads: int = 1,
+         runs_at_once: int | None = None, command: str = "") -> list[RunJob]:
+    """Every run of the comparison, after checking each agent's settings (env, preset, keys) up front."""
+    return [RunJob(label, seed, dataclasses.replace(train_config, seed=seed).to_dict(),
+                   str(run_dir_of(out, AgentSpec.parse(label), seed)), command, threads, runs_at_once)
+            for label, train_config in agent_configs(config, device).items() for seed in config.seeds]
 
 
 def _write_result(job: RunJob, result: dict[str, Any]) -> None:
@@ -267,11 +205,13 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     cores = os.cpu_count() or 1
     workers = workers or cores
     threads = max(1, int(cpus_per_run)) if backend == "ray" else max(1, cores // workers)
-    jobs = plan(config, out, device, threads, None if backend == "ray" else min(workers, len(config.agents) * len(config.seeds)))
+    command = shlex.join([sys.executable, "-m", "ctm_rl.compare", *argv]) if argv is not None else ""
+    jobs = plan(config, out, device, threads,
+                None if backend == "ray" else min(workers, len(config.agents) * len(config.seeds)), command)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if argv is not None:
-        with open(out / COMMAND_FILE, "a") as command:
-            command.write(shlex.join([sys.executable, "-m", "ctm_rl.compare", *argv]) + "\n")
+    if command:
+        with open(out / COMMAND_FILE, "a") as file:
+            file.write(command + "\n")
     pending = [job for job in jobs if not (Path(job.run_dir) / RESULT_FILE).exists()]
     print(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished, {len(pending)} to train "
           f"({backend} backend).", flush=True)
@@ -373,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.page:
             raise ConfigError("--page goes with --report: train the comparisons first, then build the page.")
         config = config_from_args(args)
-        out = Path(args.out or Path("comparisons") / _SAFE.sub("_", args.env))
+        out = Path(args.out or Path("comparisons") / safe_name(args.env))
         run_comparison(config, out, args.backend, args.workers, args.device, args.ray_address, args.cpus_per_run,
                        args.gpus_per_run, argv)
         print(f"Summary: {out / 'summary.md'}")

@@ -1,4 +1,10 @@
-"""Training configuration: a typed dataclass, YAML presets per agent and environment family, and overrides."""
+"""Training configuration: agent presets (YAML, rl-zoo style), ``key=value`` overrides, and the one route from
+(environment, agent, overrides, run settings) to a validated :class:`TrainConfig`.
+
+A preset file has a ``default`` block, one block per environment family (``CartPole``, ``MiniGrid``, ...) and
+optional blocks per exact name, merged in that order. Each block may set :data:`PRESET_KEYS`; ``policy`` names
+the policy kind (:data:`POLICY_KINDS`), which decides how the agent is built and which ``policy_kwargs`` it takes.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +12,86 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
+import gymnasium as gym
+import torch
 import yaml
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from torch import nn
 
-from agents import available_agents, preset_path
+from ctm_rl.envs import ResolvedEnv, make_single_env, resolve_env
 from ctm_rl.errors import ConfigError
-from ctm_rl.policy import CtmPolicy
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.sb3.lstm import lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.sb3.policy import CtmPolicy
 
+PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "algo", "policy_kwargs")
+"""Keys a preset block may set."""
 TOP_LEVEL_KEYS = ("n_envs", "n_timesteps", "max_steps")
+"""Preset keys that ``--hyperparams`` sets directly (not inside ``algo`` or ``policy_kwargs``)."""
+MATCH = "match"
+"""``lstm_hidden_size: match``: size the LSTM to the parameter count of a CTM (see :func:`resolve_config`)."""
+
 # Arguments the training command sets itself.
-_MANAGED_ALGO_ARGS = {"self", "policy", "env", "policy_kwargs", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"}
+_MANAGED_ALGO_ARGS = {"self", "policy", "env", "policy_kwargs", "tensorboard_log", "verbose", "seed", "device",
+                      "_init_setup_model"}
 _MANAGED_POLICY_ARGS = {"self", "observation_space", "action_space", "lr_schedule", "use_sde"}
+ALGO_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(RecurrentPPO.__init__).parameters.items()
+                 if name not in _MANAGED_ALGO_ARGS}
+"""``RecurrentPPO``'s keyword arguments and their defaults."""
 
 
-def _arguments(function: Callable, managed: set[str]) -> set[str]:
-    return set(inspect.signature(function).parameters) - managed
+def _arguments(function: Callable) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters) - _MANAGED_POLICY_ARGS
 
 
-ALGO_KEYS = _arguments(RecurrentPPO.__init__, _MANAGED_ALGO_ARGS)
-POLICY_KEYS = {
-    "ctm": _arguments(CtmPolicy.__init__, _MANAGED_POLICY_ARGS),
-    "lstm": _arguments(RecurrentActorCriticPolicy.__init__, _MANAGED_POLICY_ARGS) | {"d_input"},
+def _policy_arguments(policy_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Policy keyword arguments from a config (activation names become classes)."""
+    arguments = dict(policy_kwargs)
+    if isinstance(arguments.get("activation_fn"), str):
+        name = arguments["activation_fn"]
+        if not isinstance(getattr(nn, name, None), type):
+            raise ConfigError(f"activation_fn {name!r} is not a torch.nn module name (for example ReLU, Tanh).")
+        arguments["activation_fn"] = getattr(nn, name)
+    return arguments
+
+
+def _ctm_policy(policy_kwargs: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
+    return CtmPolicy, _policy_arguments(policy_kwargs)
+
+
+def _lstm_policy(policy_kwargs: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
+    arguments = _policy_arguments(policy_kwargs)
+    if arguments.get("lstm_hidden_size") == MATCH:
+        raise ConfigError("lstm_hidden_size is still 'match': build the config with resolve_config, which sizes it.")
+    return RecurrentActorCriticPolicy, lstm_policy_kwargs(**arguments)
+
+
+@dataclass(frozen=True)
+class PolicyKind:
+    """A kind of policy a preset can name: how its ``policy_kwargs`` become an SB3 policy.
+
+    :param name: the name presets use (``policy: ctm``).
+    :param keys: the ``policy_kwargs`` keys it accepts.
+    :param build: ``policy_kwargs`` -> (policy class, keyword arguments for ``CtmPPO``).
+    """
+
+    name: str
+    keys: frozenset[str]
+    build: Callable[[Mapping[str, Any]], tuple[type, dict[str, Any]]]
+
+
+POLICY_KINDS: dict[str, PolicyKind] = {
+    "ctm": PolicyKind("ctm", _arguments(CtmPolicy.__init__), _ctm_policy),
+    "lstm": PolicyKind("lstm", _arguments(RecurrentActorCriticPolicy.__init__) | {"d_input"}, _lstm_policy),
 }
+"""The policy kinds, by the name a preset's ``policy`` key gives."""
 
 
 class SavedConfig:
@@ -43,6 +102,8 @@ class SavedConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
+        if not isinstance(data, dict):
+            raise ConfigError(f"A {cls.__name__} must be a mapping, got {type(data).__name__}.")
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"Unknown {cls.__name__} keys: {', '.join(sorted(unknown))}. The file was written by "
@@ -52,18 +113,21 @@ class SavedConfig:
 
 @dataclass
 class TrainConfig(SavedConfig):
-    """Everything that defines a training run; saved as ``config.yaml`` in the run folder."""
+    """Everything that defines a training run, resolved from a preset and overrides; saved as ``config.yaml``
+    in the run folder. Build one with :func:`resolve_config`."""
 
-    env: str = "CartPole-NoVel"
+    env: str
     """Environment: a gymnasium id, an id without version (latest), ``X-NoVel``, or ``package.module:ClassName``."""
-    agent: str = "ctm"
-    """Agent preset: ``ctm`` or ``lstm`` (a file in ``agents/``)."""
-    timesteps: int = 200_000
+    agent: str
+    """Agent preset: a name in ``ctm_rl/agents`` (``ctm``, ``lstm``) or the path of a preset file."""
+    policy: str
+    """The preset's policy kind, one of :data:`POLICY_KINDS`."""
+    timesteps: int
     """Total environment steps to train for."""
+    n_envs: int
+    """Parallel training environments."""
     seed: int = 0
     """Seed of the model and of the first environment."""
-    n_envs: int = 16
-    """Parallel training environments."""
     device: str = "auto"
     """``auto``, ``cpu`` or ``cuda``."""
     vec_env: str = "dummy"
@@ -90,9 +154,87 @@ class TrainConfig(SavedConfig):
     """Show a progress bar while training."""
     algo: dict[str, Any] = field(default_factory=dict)
     """``RecurrentPPO`` keyword arguments (``lin_X`` values decay linearly from X to 0)."""
-    policy: dict[str, Any] = field(default_factory=dict)
-    """Policy keyword arguments (``CtmPolicy``'s, or the LSTM baseline's)."""
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the policy kind's policy (``CtmPolicy``'s, or the LSTM baseline's)."""
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if isinstance(data, dict) and isinstance(data.get("policy"), dict):
+            # Written before presets named their policy kind: the agent was the kind, `policy` its arguments.
+            data = {**data, "policy": data.get("agent"), "policy_kwargs": data["policy"]}
+        return super().from_dict(data)
+
+    @property
+    def agent_name(self) -> str:
+        """The agent's short name: the preset name, or a preset file's stem."""
+        return Path(self.agent).stem if is_preset_path(self.agent) else self.agent
+
+    def policy_and_kwargs(self) -> tuple[type, dict[str, Any]]:
+        """The SB3 policy class and its keyword arguments."""
+        return POLICY_KINDS[self.policy].build(self.policy_kwargs)
+
+    def algo_arguments(self) -> dict[str, Any]:
+        """``RecurrentPPO`` keyword arguments (``lin_X`` strings become schedules)."""
+        return {key: schedule(value) for key, value in self.algo.items()}
+
+    def algo_setting(self, name: str) -> Any:
+        """An algorithm setting: the config's, else ``RecurrentPPO``'s default."""
+        return self.algo.get(name, ALGO_DEFAULTS[name])
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first inconsistent setting; nothing is built or written."""
+        for name in ("timesteps", "n_envs", "eval_episodes", "eval_envs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.policy not in POLICY_KINDS:
+            raise ConfigError(f"Unknown policy kind {self.policy!r} in the {self.agent} preset. "
+                              f"Fix: set `policy:` to one of {', '.join(POLICY_KINDS)}.")
+        n_steps, batch_size = self.algo_setting("n_steps"), self.algo_setting("batch_size")
+        if batch_size > n_steps * self.n_envs:
+            raise ConfigError(f"batch_size ({batch_size}) exceeds the rollout size n_steps * n_envs "
+                              f"({n_steps} * {self.n_envs}). Fix: lower batch_size or raise n_steps or n_envs.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device auto or cpu.")
+        if self.policy == "ctm":
+            CtmConfig.from_mapping(self.policy_kwargs)  # raises for a bad CTM hyperparameter
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- Presets ----------------------------------------------------------------------------------------------
+
+
+def preset_dir() -> Path:
+    """The folder of the bundled agent presets (``ctm_rl.agents``)."""
+    return Path(str(resources.files("ctm_rl.agents")))
+
+
+def available_agents() -> list[str]:
+    """Names of the bundled agent presets."""
+    return sorted(path.stem for path in preset_dir().glob("*.yml"))
+
+
+def is_preset_path(agent: str) -> bool:
+    """Whether ``agent`` names a preset file rather than a bundled preset."""
+    return agent.endswith((".yml", ".yaml")) or "/" in agent or "\\" in agent
+
+
+def preset_file(agent: str) -> Path:
+    """The preset file of an agent: a bundled name or a path.
+
+    :raises ConfigError: for an agent that is neither.
+    """
+    path = Path(agent) if is_preset_path(agent) else preset_dir() / f"{agent}.yml"
+    if not path.is_file():
+        if is_preset_path(agent):
+            raise ConfigError(f"Preset file {agent!r} does not exist. Fix: pass the path of a preset .yml, or one "
+                              f"of the bundled agents: {', '.join(available_agents())}.")
+        raise ConfigError(f"Unknown agent {agent!r}. Fix: use one of {', '.join(available_agents())}, or the path "
+                          f"of a preset file (--agent path/to/preset.yml).")
+    return path
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -105,19 +247,44 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def load_preset(agent: str, env_name: str, family: str) -> dict[str, Any]:
     """An agent's preset for an environment: ``default``, then the family's block, then the exact name's.
 
-    :param agent: agent name (``ctm``, ``lstm``).
+    :param agent: a bundled preset name (``ctm``, ``lstm``) or the path of a preset file.
     :param env_name: the environment name as typed.
     :param family: the environment family (``CartPole``, ``MiniGrid``, ...).
+    :raises ConfigError: for a missing file, a YAML error (with its line), or a block with unknown keys.
     """
-    path = preset_path(agent)
-    if not path.exists():
-        raise ConfigError(f"Unknown agent {agent!r}. Available agents: {', '.join(available_agents())}.")
-    blocks = yaml.safe_load(path.read_text()) or {}
-    preset = blocks.get("default", {})
-    for name in (family, env_name):
-        if name in blocks and name != "default":
-            preset = _merge(preset, blocks[name] or {})
+    path = preset_file(agent)
+    try:
+        blocks = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"Preset {path}{where}: {problem}. Fix: correct the YAML there.") from None
+    if not isinstance(blocks, dict):
+        raise ConfigError(f"Preset {path} must map block names (default, families, env names) to settings.")
+    for name, block in blocks.items():
+        if not isinstance(block, dict):
+            raise ConfigError(f"Preset {path}: block {name!r} must be a mapping of {', '.join(PRESET_KEYS)}.")
+        unknown = sorted(set(block) - set(PRESET_KEYS))
+        if unknown:
+            raise ConfigError(f"Preset {path}: block {name!r} has unknown keys {', '.join(unknown)}. "
+                              f"Fix: use {', '.join(PRESET_KEYS)}.")
+    preset: dict[str, Any] = {}
+    for name in dict.fromkeys(("default", family, env_name)):
+        preset = _merge(preset, blocks.get(name) or {})
+    if "policy" not in preset:
+        raise ConfigError(f"Preset {path} names no policy kind. Fix: add `policy: ctm` (or lstm) to its default "
+                          f"block.")
     return preset
+
+
+def preset_policy(agent: str, env: str, env_module: str | None = None) -> str:
+    """The policy kind an agent's preset names for an environment."""
+    resolved = resolve_env(env, env_module=env_module)
+    return load_preset(agent, env, resolved.family)["policy"]
+
+
+# --- Overrides --------------------------------------------------------------------------------------------
 
 
 def parse_value(text: str) -> Any:
@@ -146,55 +313,127 @@ def parse_key_values(pairs: list[str], option: str) -> dict[str, Any]:
     return parsed
 
 
-def apply_hyperparams(preset: dict[str, Any], agent: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def apply_hyperparams(preset: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Apply ``key=value`` overrides to a preset. Keys are top-level (``n_envs``), algorithm (``n_epochs`` or
-    ``algo.n_epochs``) or policy keys (``d_model`` or ``policy.d_model``).
+    ``algo.n_epochs``) or policy keys (``d_model`` or ``policy_kwargs.d_model``) of the preset's policy kind.
 
     :raises ConfigError: for keys that are none of these, listing close matches.
     """
     preset = copy.deepcopy(preset)
-    policy_keys = POLICY_KEYS.get(agent, POLICY_KEYS["ctm"])
+    kind = POLICY_KINDS.get(preset.get("policy"))
+    policy_keys = kind.keys if kind is not None else frozenset()
+    algo_keys = frozenset(ALGO_DEFAULTS)
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
-        if section in ("algo", "policy"):
-            known = ALGO_KEYS if section == "algo" else policy_keys
+        if section in ("algo", "policy_kwargs"):
+            known = algo_keys if section == "algo" else policy_keys
         elif section:
-            known = set()
+            known = frozenset()
         elif name in TOP_LEVEL_KEYS:
             preset[name] = value
             continue
-        elif name in ALGO_KEYS:
-            section, known = "algo", ALGO_KEYS
+        elif name in algo_keys:
+            section, known = "algo", algo_keys
         else:
-            section, known = "policy", policy_keys
+            section, known = "policy_kwargs", policy_keys
         if name not in known:
-            everything = sorted(set(TOP_LEVEL_KEYS) | ALGO_KEYS | policy_keys)
+            everything = sorted(set(TOP_LEVEL_KEYS) | algo_keys | policy_keys)
             close = difflib.get_close_matches(name, everything, n=4)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"Unknown hyperparameter {key!r} for the {agent} agent.{hint}")
+            raise ConfigError(f"Unknown hyperparameter {key!r} for a {preset.get('policy')} agent.{hint}")
         preset.setdefault(section, {})[name] = value
     return preset
 
 
+_LINEAR = re.compile(r"^lin_(.+)$")
+
+
 def schedule(value: Any) -> Any:
     """``lin_X`` -> a schedule decaying linearly from X to 0 over training; other values pass unchanged."""
-    if isinstance(value, str) and value.startswith("lin_"):
-        start = float(value[len("lin_"):])
-        return lambda progress_remaining: progress_remaining * start
-    return value
+    match = _LINEAR.match(value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    try:
+        start = float(match[1])
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a linear schedule. Fix: lin_<number>, for example lin_3e-4.") from None
+    return lambda progress_remaining: progress_remaining * start
 
 
-def algo_arguments(algo: dict[str, Any]) -> dict[str, Any]:
-    """``RecurrentPPO`` keyword arguments from the config's ``algo`` section."""
-    return {key: schedule(value) for key, value in algo.items()}
+# --- Resolution -------------------------------------------------------------------------------------------
 
 
-def policy_arguments(policy: dict[str, Any]) -> dict[str, Any]:
-    """Policy keyword arguments from the config's ``policy`` section (activation names become classes)."""
-    arguments = dict(policy)
-    if isinstance(arguments.get("activation_fn"), str):
-        name = arguments["activation_fn"]
-        if not isinstance(getattr(nn, name, None), type):
-            raise ConfigError(f"activation_fn {name!r} is not a torch.nn module name (for example ReLU, Tanh).")
-        arguments["activation_fn"] = getattr(nn, name)
-    return arguments
+def env_spaces(env: ResolvedEnv, max_steps: int | None, env_kwargs: Mapping[str, Any]) -> tuple[gym.Space, gym.Space]:
+    """Observation and action space of an environment, from one instance built and closed."""
+    made = make_single_env(env, max_steps=max_steps, env_kwargs=dict(env_kwargs))
+    try:
+        return made.observation_space, made.action_space
+    finally:
+        made.close()
+
+
+def resolve_config(
+    env: str,
+    agent: str = "ctm",
+    hyperparams: Mapping[str, Any] | None = None,
+    *,
+    timesteps: int | None = None,
+    n_envs: int | None = None,
+    max_steps: int | None = None,
+    ticks: int | None = None,
+    match_to: Mapping[str, Any] | None = None,
+    mask_velocity: bool = False,
+    env_module: str | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+    **run: Any,
+) -> tuple[TrainConfig, ResolvedEnv]:
+    """The one route to a validated :class:`TrainConfig`: the agent's preset for the environment, the
+    overrides, then the run settings. Nothing is written; the environment is built once, only to size a
+    matched LSTM.
+
+    :param env: environment name.
+    :param agent: a bundled preset name or the path of a preset file.
+    :param hyperparams: ``key=value`` overrides of the preset (see :func:`apply_hyperparams`).
+    :param timesteps: training budget; ``None`` takes the preset's ``n_timesteps``.
+    :param n_envs: training environments; ``None`` takes the preset's. Giving it and a different
+        ``hyperparams["n_envs"]`` is an error.
+    :param max_steps: episode step limit; ``None`` takes the preset's.
+    :param ticks: the CTM's internal ticks (CTM agents only).
+    :param match_to: ``CtmPolicy`` keyword arguments of the CTM an LSTM with ``lstm_hidden_size: match`` is
+        sized to; ``None`` takes the ``ctm`` preset's for this environment.
+    :param mask_velocity: zero velocities (CartPole, Acrobot).
+    :param env_module: module imported first, so that it registers its env ids.
+    :param env_kwargs: the environment's constructor arguments.
+    :param run: any other :class:`TrainConfig` field (``seed``, ``device``, ``eval_freq``, ...).
+    :raises ConfigError: for anything inconsistent, naming the fix.
+    """
+    unknown = sorted(set(run) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"Unknown training settings: {', '.join(unknown)}.")
+    resolved = resolve_env(env, mask_velocity, env_module)
+    overrides = dict(hyperparams or {})
+    if n_envs is not None and overrides.get("n_envs", n_envs) != n_envs:
+        raise ConfigError(f"--n-envs {n_envs} and --hyperparams n_envs={overrides['n_envs']} disagree. "
+                          f"Fix: give the number of environments once.")
+    preset = apply_hyperparams(load_preset(agent, env, resolved.family), overrides)
+    policy_kwargs = dict(preset.get("policy_kwargs") or {})
+    if ticks is not None:
+        if preset["policy"] != "ctm":
+            raise ConfigError(f"--ticks sets the CTM's internal ticks; the {agent} agent's policy is "
+                              f"{preset['policy']}.")
+        policy_kwargs["ticks"] = ticks
+    config = TrainConfig(
+        env=env, agent=agent, policy=preset["policy"],
+        timesteps=timesteps if timesteps is not None else preset.get("n_timesteps", 0),
+        n_envs=n_envs if n_envs is not None else preset.get("n_envs", 0),
+        max_steps=max_steps if max_steps is not None else preset.get("max_steps"),
+        mask_velocity=resolved.mask_velocity, env_module=env_module, env_kwargs=dict(env_kwargs or {}),
+        algo=dict(preset.get("algo") or {}), policy_kwargs=policy_kwargs, **run,
+    )
+    config.validate()
+    if config.policy == "lstm" and policy_kwargs.get("lstm_hidden_size", MATCH) == MATCH:
+        if match_to is None:
+            match_to = resolve_config(env, "ctm", env_module=env_module, mask_velocity=mask_velocity)[0].policy_kwargs
+        spaces = env_spaces(resolved, config.max_steps, config.env_kwargs)
+        config.policy_kwargs["lstm_hidden_size"] = match_lstm_hidden_size(*spaces, _policy_arguments(match_to))
+    return config, resolved

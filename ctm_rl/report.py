@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from ctm_rl import stats
-from ctm_rl.compare import CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR, AgentSpec, CompareConfig
+from ctm_rl.runs import COMMAND_FILE, CONFIG_FILE, RESULT_FILE, RUNS_DIR, AgentSpec, CompareConfig
 from ctm_rl.errors import ConfigError
 
 BOOTSTRAP_REPS = 2000
@@ -81,7 +81,7 @@ def threshold_of(config: CompareConfig) -> float | None:
     """The comparison's threshold, else the environment's registered ``reward_threshold``."""
     if config.threshold is not None:
         return config.threshold
-    from envs import resolve_env
+    from ctm_rl.envs import resolve_env
 
     env = resolve_env(config.env)
     if env.gym_id is None:
@@ -334,7 +334,9 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
               "| agent | algorithm | policy |", "|---|---|---|"]
     for agent, results in runs.items():
         algo = ", ".join(f"{k}={v}" for k, v in results[0]["algo"].items())
-        policy = ", ".join(f"{k}={v}" for k, v in results[0]["policy"].items())
+        # Records written before presets named their policy kind hold the keyword arguments under "policy".
+        kwargs = results[0].get("policy_kwargs", results[0]["policy"])
+        policy = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         lines.append(f"| {agent} | {algo} | {policy} |")
     lines.append("")
     for name, caption in PLOTS.items():

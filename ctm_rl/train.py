@@ -18,21 +18,15 @@ from typing import Any
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
-from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
-from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.allocator import keep_freed_memory
-from ctm_rl.baselines import lstm_policy_kwargs, match_lstm_hidden_size
-from ctm_rl.callbacks import TimedEvalCallback
-from ctm_rl.checkpoints import latest_checkpoint, load_agent
-from ctm_rl.config import (TrainConfig, algo_arguments, apply_hyperparams, load_preset, parse_key_values,
-                           policy_arguments)
+from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
+from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.policy import CtmPolicy
-from ctm_rl.ppo import CtmPPO
-from envs import make_env, resolve_env
-from envs.registry import ResolvedEnv
+from ctm_rl.sb3.callbacks import TimedEvalCallback
+from ctm_rl.sb3.checkpoints import latest_checkpoint, load_agent
+from ctm_rl.sb3.ppo import CtmPPO
 
 CONFIG_FILE, COMMAND_FILE, MODEL_FILE = "config.yaml", "command.txt", "model.zip"
 
@@ -41,12 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ctm_rl.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-NoVel", help="environment name (default: %(default)s)")
-    parser.add_argument("--agent", default="ctm", help="agent preset: ctm or lstm (default: %(default)s)")
+    parser.add_argument("--agent", default="ctm",
+                        help="agent preset: a bundled name (ctm, lstm) or a preset file path (default: %(default)s)")
     parser.add_argument("--timesteps", type=int, help="total env steps (default: the preset's n_timesteps)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--n-envs", type=int, help="parallel environments (default: the preset's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
-    parser.add_argument("--ticks", type=int, help="CTM internal ticks per env step (ctm agent only)")
+    parser.add_argument("--ticks", type=int, help="CTM internal ticks per env step (CTM agents only)")
     parser.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override preset keys: n_envs, algo keys (n_epochs=4) or policy keys (d_model=64)")
     parser.add_argument("--max-steps", type=int, help="episode step limit")
@@ -65,39 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, ResolvedEnv]:
-    """Merge the agent's preset for the env with the command-line flags."""
-    env = resolve_env(args.env, args.mask_velocity, args.env_module)
-    preset = apply_hyperparams(load_preset(args.agent, args.env, env.family), args.agent,
-                               parse_key_values(args.hyperparams, "--hyperparams"))
-    if args.ticks is not None:
-        if args.agent != "ctm":
-            raise ConfigError("--ticks sets the CTM's internal ticks; it does not apply to the lstm agent.")
-        preset["policy"]["ticks"] = args.ticks
-    config = TrainConfig(
-        env=args.env, agent=args.agent, seed=args.seed, device=args.device, vec_env=args.vec_env,
-        timesteps=args.timesteps if args.timesteps is not None else int(preset.get("n_timesteps", TrainConfig.timesteps)),
-        n_envs=args.n_envs if args.n_envs is not None else int(preset.get("n_envs", TrainConfig.n_envs)),
-        max_steps=args.max_steps if args.max_steps is not None else preset.get("max_steps"),
-        mask_velocity=env.mask_velocity, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"),
-        env_module=args.env_module, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+    """The run's configuration: the agent's preset for the env, with the command-line flags over it."""
+    return resolve_config(
+        args.env, args.agent, parse_key_values(args.hyperparams, "--hyperparams"), timesteps=args.timesteps,
+        n_envs=args.n_envs, max_steps=args.max_steps, ticks=args.ticks, mask_velocity=args.mask_velocity,
+        env_module=args.env_module, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), seed=args.seed,
+        device=args.device, vec_env=args.vec_env, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
         checkpoint_freq=args.checkpoint_freq, log_dir=args.log_dir, progress_bar=not args.no_progress_bar,
-        algo=preset.get("algo", {}), policy=preset.get("policy", {}),
     )
-    check_config(config)
-    return config, env
-
-
-def check_config(config: TrainConfig) -> None:
-    """Reject inconsistent settings before any environment or model is built."""
-    for name in ("timesteps", "n_envs", "eval_episodes"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}.")
-    n_steps, batch_size = config.algo.get("n_steps", 128), config.algo.get("batch_size", 128)
-    if batch_size > n_steps * config.n_envs:
-        raise ConfigError(f"batch_size ({batch_size}) exceeds the rollout size n_steps * n_envs "
-                          f"({n_steps} * {config.n_envs}). Fix: lower batch_size or raise n_steps or n_envs.")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device auto or cpu.")
 
 
 def run_dir_for(log_dir: str, env: str, agent: str, seed: int) -> Path:
@@ -108,35 +78,20 @@ def run_dir_for(log_dir: str, env: str, agent: str, seed: int) -> Path:
 
 def new_run_dir(config: TrainConfig) -> Path:
     """A fresh folder ``<log_dir>/<env>/<agent>-seed<seed>[-N]``."""
-    run_dir = run_dir_for(config.log_dir, config.env, config.agent, config.seed)
+    run_dir = run_dir_for(config.log_dir, config.env, config.agent_name, config.seed)
     parent = run_dir.parent
     suffix = 2
     while run_dir.exists():
-        run_dir, suffix = parent / f"{config.agent}-seed{config.seed}-{suffix}", suffix + 1
+        run_dir, suffix = parent / f"{config.agent_name}-seed{config.seed}-{suffix}", suffix + 1
     run_dir.mkdir(parents=True)
     return run_dir
-
-
-def resolve_policy(config: TrainConfig, env: ResolvedEnv, venv: VecEnv) -> tuple[type, dict[str, Any]]:
-    """The policy class and keyword arguments; an LSTM with ``lstm_hidden_size: match`` is sized here and the
-    size written back into the config."""
-    if config.agent == "ctm":
-        return CtmPolicy, policy_arguments(config.policy)
-    policy = dict(config.policy)
-    d_input = policy.pop("d_input", 64)
-    if policy.get("lstm_hidden_size", "match") == "match":
-        ctm_policy = load_preset("ctm", config.env, env.family).get("policy", {})
-        policy["lstm_hidden_size"] = match_lstm_hidden_size(
-            venv.observation_space, venv.action_space, policy_arguments(ctm_policy))
-        config.policy["lstm_hidden_size"] = policy["lstm_hidden_size"]
-    return RecurrentActorCriticPolicy, lstm_policy_kwargs(d_input=d_input, **policy_arguments(policy))
 
 
 def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path) -> list[BaseCallback]:
     callbacks: list[BaseCallback] = []
     if config.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(max(config.checkpoint_freq // config.n_envs, 1),
-                                            str(run_dir / "checkpoints"), name_prefix=config.agent))
+                                            str(run_dir / "checkpoints"), name_prefix=config.agent_name))
     if config.eval_freq > 0:
         eval_env = make_env(env, n_envs=config.eval_envs, seed=config.seed + 10_000, max_steps=config.max_steps,
                             env_kwargs=config.env_kwargs, monitor_dir=str(run_dir / "eval" / "monitor"))
@@ -163,10 +118,9 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume_from: Pat
                     monitor_dir=str(run_dir / "monitor"), max_steps=config.max_steps, env_kwargs=config.env_kwargs)
     try:
         if resume_from is None:
-            policy_class, policy_kwargs = resolve_policy(config, env, venv)
-            model = CtmPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed,
-                                 device=config.device, tensorboard_log=str(run_dir / "tb"), verbose=0,
-                                 **algo_arguments(config.algo))
+            policy_class, policy_kwargs = config.policy_and_kwargs()
+            model = CtmPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed, device=config.device,
+                           tensorboard_log=str(run_dir / "tb"), verbose=0, **config.algo_arguments())
         else:
             model = load_agent(resume_from, env=venv, device=config.device)
             model.tensorboard_log = str(run_dir / "tb")

@@ -9,8 +9,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ctm_rl.errors import ConfigError
-from envs.registry import ResolvedEnv, load_entry_point, resolve_env
-from envs.wrappers import VELOCITY_INDICES, MaskVelocity, SymbolicGridBounds
+from ctm_rl.envs.registry import ResolvedEnv, load_entry_point, resolve_env
+from ctm_rl.envs.wrappers import VELOCITY_INDICES, MaskVelocity, SymbolicGridBounds
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 
 from ctm_rl.errors import UnknownEnvError
-from envs.wrappers import VELOCITY_INDICES
+from ctm_rl.envs.wrappers import VELOCITY_INDICES
 
 NO_VELOCITY_SUFFIX = "-NoVel"
 _VERSIONED = re.compile(r"^(?P<name>.+)-v(?P<version>\d+)$")

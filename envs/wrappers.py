@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ctm_rl.encoders import MINIGRID_COLOURS, MINIGRID_OBJECTS, MINIGRID_STATES
+# Index ranges of MiniGrid's symbolic encoding (minigrid.core.constants).
+MINIGRID_OBJECTS, MINIGRID_COLOURS, MINIGRID_STATES = 11, 6, 3
 
 # Velocity entries of classic-control observations, by environment name without version.
 VELOCITY_INDICES: dict[str, tuple[int, ...]] = {

@@ -11,7 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ctm_rl import CtmPolicy
-from envs import make_env
+from ctm_rl.envs import make_env
 
 SMALL_CTM = dict(d_model=32, d_input=16, memory_length=4, nlm_hidden=2, n_synch_out=6)
 

@@ -4,8 +4,8 @@ import pytest
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 
 from ctm_rl import CtmPolicy
-from ctm_rl.baselines import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
-from envs import make_single_env, resolve_env
+from ctm_rl.sb3.lstm import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.envs import make_single_env, resolve_env
 
 CARTPOLE = dict(d_model=128, d_input=128, memory_length=10, nlm_hidden=4, n_synch_out=16)
 FOURROOMS = dict(d_model=512, d_input=128, memory_length=10, nlm_hidden=16, n_synch_out=32)

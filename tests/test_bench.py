@@ -9,9 +9,9 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 
 from ctm_rl import CtmPolicy, bench
-from ctm_rl.buffers import CtmRolloutBuffer
-from ctm_rl.ppo import CtmPPO
-from envs import make_env
+from ctm_rl.sb3.buffers import CtmRolloutBuffer
+from ctm_rl.sb3.ppo import CtmPPO
+from ctm_rl.envs import make_env
 
 SMALL = dict(d_model=16, d_input=8, memory_length=3, nlm_hidden=2, n_synch_out=4)
 
@@ -43,9 +43,8 @@ def test_separate_critic_gets_padding_marks_without_shared_traces():
 
 
 def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypatch):
-    tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2,
-                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1, 2),
-                             memory_per_tick=2)
+    tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2, ticks=(1, 2),
+                             hyperparams=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4, memory_length=2))
     monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
     out = tmp_path / "bench.json"
     assert bench.main(["--configs", "tiny", "--n-envs", "4", "--warmup", "0", "--iterations", "1",
@@ -65,14 +64,14 @@ def test_benchmark_reports_every_agent_and_consistent_ratios(tmp_path, monkeypat
         assert ctm["best_vs_lstm"] == pytest.approx(ctm["best_total_sps"] / lstm["best_total_sps"])
         # The LSTM is matched to the CTM of the same row pair, within 5%.
         assert abs(lstm["params"] - ctm["params"]) / ctm["params"] < 0.05
-    # Memory scales with ticks: twice the ticks, twice the window, twice the trace bytes.
-    # (pre + post) x d_model x memory (2 per tick) x 4 bytes, stored once for the shared CTM.
-    assert rows[5]["state_bytes_per_step"] == 2 * rows[2]["state_bytes_per_step"] == 2 * 16 * 4 * 4
+    # The preset's CTM with the config's overrides, whatever the ticks: (pre + post) x d_model x memory x 4 bytes,
+    # stored once for the shared CTM.
+    assert rows[5]["state_bytes_per_step"] == rows[2]["state_bytes_per_step"] == 2 * 16 * 2 * 4
 
 
 def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch, capsys):
     tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=4, n_epochs=1, n_minibatches=1,
-                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
+                             hyperparams=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
     monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
     built = {}
     make_agent = bench._agent
@@ -94,7 +93,7 @@ def test_compile_flag_compiles_the_ctm_rollout_step_only(tmp_path, monkeypatch, 
 
 def test_quick_mode_measures_each_configs_first_tick_count_on_fewer_envs(tmp_path, monkeypatch):
     tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=64, n_steps=4, n_epochs=1, n_minibatches=1,
-                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(2, 3))
+                             hyperparams=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(2, 3))
     monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
     out = tmp_path / "bench.json"
     assert bench.main(["--configs", "tiny", "--quick", "--out", str(out)]) == 0
@@ -107,7 +106,7 @@ def test_quick_mode_measures_each_configs_first_tick_count_on_fewer_envs(tmp_pat
 
 def test_profile_option_writes_a_trace_and_a_table_per_agent(tmp_path, monkeypatch):
     tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=4, n_epochs=1, n_minibatches=1,
-                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
+                             hyperparams=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
     monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
     profiles = tmp_path / "profiles"
     assert bench.main(["--configs", "tiny", "--warmup", "0", "--iterations", "1", "--profile", str(profiles),

@@ -8,8 +8,8 @@ from helpers import SMALL_CTM, collect_rollout, dict_env, small_model
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 
 from ctm_rl import CtmPolicy
-from ctm_rl.policy import PADDING
-from ctm_rl.ppo import CtmPPO
+from ctm_rl.sb3.policy import PADDING
+from ctm_rl.sb3.ppo import CtmPPO
 
 
 def _cartpole(share_ctm):

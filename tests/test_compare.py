@@ -9,7 +9,8 @@ import yaml
 from helpers import interrupt_training_at
 
 from ctm_rl import compare, report
-from ctm_rl.compare import AgentSpec, CompareConfig, RunInterrupted
+from ctm_rl.compare import RunInterrupted
+from ctm_rl.runs import AgentSpec, CompareConfig
 from ctm_rl.errors import ConfigError
 
 TINY = ["--env", "CartPole-NoVel", "--agents", "ctm", "lstm", "--seeds", "2", "--timesteps", "512",
@@ -180,3 +181,19 @@ def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch, c
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # makes `import ray` fail
     assert compare.main([*TINY, "--seeds", "1", "--out", str(tmp_path / "cmp"), "--backend", "ray"]) == 2
     assert "pip install 'ctm-rl[ray]'" in capsys.readouterr().err
+
+
+def test_a_matched_lstm_is_sized_to_the_ctm_it_is_compared_with():
+    """`ctm:d_model=64 lstm`: the LSTM matches the CTM as trained, not the ctm preset's d_model 128."""
+    from ctm_rl.config import env_spaces, resolve_config
+    from ctm_rl.sb3.lstm import match_lstm_hidden_size
+
+    configs = compare.agent_configs(CompareConfig(env="CartPole-NoVel", agents=["lstm", "ctm:d_model=64"]))
+    assert list(configs) == ["lstm", "ctm:d_model=64"]  # the comparison's order, whatever the build order
+    ctm, env = resolve_config("CartPole-NoVel", "ctm", {"d_model": 64})
+    preset_ctm, _ = resolve_config("CartPole-NoVel", "ctm")
+    spaces = env_spaces(env, None, {})
+    expected = match_lstm_hidden_size(*spaces, ctm.policy_kwargs)
+    assert configs["lstm"].policy_kwargs["lstm_hidden_size"] == expected
+    assert expected != match_lstm_hidden_size(*spaces, preset_ctm.policy_kwargs)
+    assert configs["ctm:d_model=64"].policy_kwargs["d_model"] == 64

@@ -9,22 +9,23 @@ import pytest
 import torch
 
 from ctm_rl import CtmPolicy
-from ctm_rl.ctm import ContinuousThoughtMachine
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.ctm import ContinuousThoughtMachine
 from ctm_rl.errors import ConfigError
-from ctm_rl.ppo import CtmPPO
+from ctm_rl.sb3.ppo import CtmPPO
 from tests.helpers import collect_rollout, small_model
 
 
 @pytest.mark.parametrize("ticks, neuron_select, nlm_hidden", [(1, "first-last", 4), (3, "random-pairing", 0)])
 def test_step_equals_forward_of_one_step(ticks, neuron_select, nlm_hidden):
     torch.manual_seed(0)
-    ctm = ContinuousThoughtMachine(12, d_model=32, ticks=ticks, memory_length=6, nlm_hidden=nlm_hidden,
-                                   n_synch_out=8, neuron_select=neuron_select)
+    ctm = ContinuousThoughtMachine(12, CtmConfig(d_model=32, ticks=ticks, memory_length=6, nlm_hidden=nlm_hidden,
+                                   n_synch_out=8, neuron_select=neuron_select))
     features = torch.randn(1, 7, 12)
     traces = tuple(torch.randn(32, 6, 7) for _ in range(2))
     for starts in (torch.zeros(1, 7), torch.tensor([[0.0, 1, 0, 0, 1, 0, 0]])):
         expected, expected_traces = ctm(features, traces, starts)
-        synchronisation, stepped_traces = ctm.step(features[0], traces, starts[0])
+        synchronisation, stepped_traces = ctm.step(ctm.project(features[0]), traces, starts[0])
         assert synchronisation.shape == (7, ctm.output_size)
         torch.testing.assert_close(synchronisation, expected[0], rtol=0, atol=1e-6)
         for stepped, trace in zip(stepped_traces, expected_traces):

@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from ctm_rl import ConfigError, ContinuousThoughtMachine
-from ctm_rl.nlm import NeuronLevelModels
-from ctm_rl.synchronisation import Synchronisation, synchronisation_size
+from ctm_rl.model.nlm import NeuronLevelModels
+from ctm_rl.model.config import CtmConfig, synchronisation_size
+from ctm_rl.model.synchronisation import Synchronisation
 
 
 @pytest.mark.parametrize("neuron_select, expected", [("first-last", 36), ("random", 36), ("random-pairing", 8)])
 @pytest.mark.parametrize("synapse_depth", [1, 3])
 @pytest.mark.parametrize("nlm_hidden", [0, 4])
 def test_output_shapes(neuron_select, expected, synapse_depth, nlm_hidden):
-    ctm = ContinuousThoughtMachine(6, d_model=32, ticks=2, memory_length=5, nlm_hidden=nlm_hidden,
-                                   synapse_depth=synapse_depth, n_synch_out=8, neuron_select=neuron_select)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=32, ticks=2, memory_length=5, nlm_hidden=nlm_hidden,
+                                   synapse_depth=synapse_depth, n_synch_out=8, neuron_select=neuron_select))
     sync, (pre, post) = ctm(torch.randn(3, 4, 6), ctm.start_traces(4), torch.zeros(3, 4))
     assert ctm.output_size == expected == synchronisation_size(8, neuron_select)
     assert sync.shape == (3, 4, expected)
@@ -43,7 +44,7 @@ def test_neuron_level_model_reads_only_its_own_history():
 
 def test_synchronisation_matches_definition():
     torch.manual_seed(1)
-    sync = Synchronisation(d_model=6, n_synch=3, neuron_select="random", memory_length=4)
+    sync = Synchronisation(d_model=6, n_synch=3, neuron_select="random", memory_length=4, initial_decay=0.0)
     with torch.no_grad():
         sync.decay.copy_(torch.linspace(-1.0, 6.0, sync.size))  # exercises both clamp limits
     post = torch.randn(6, 4, 2)  # (neurons, memory, batch)
@@ -58,7 +59,7 @@ def test_synchronisation_matches_definition():
 @pytest.mark.parametrize("neuron_select", ["first-last", "random", "random-pairing"])
 def test_sliding_the_window_by_one_column_equals_synchronising_the_moved_window(neuron_select):
     torch.manual_seed(2)
-    sync = Synchronisation(d_model=6, n_synch=3, neuron_select=neuron_select, memory_length=4)
+    sync = Synchronisation(d_model=6, n_synch=3, neuron_select=neuron_select, memory_length=4, initial_decay=0.0)
     with torch.no_grad():
         sync.decay.copy_(torch.linspace(-1.0, 6.0, sync.size))
     window = torch.randn(6, 5, 3)  # five columns: the window before the move is the first four
@@ -70,13 +71,13 @@ def test_sliding_the_window_by_one_column_equals_synchronising_the_moved_window(
 
 
 def test_first_last_pairs_are_upper_triangle_of_last_neurons():
-    sync = Synchronisation(d_model=10, n_synch=3, neuron_select="first-last", memory_length=2)
+    sync = Synchronisation(d_model=10, n_synch=3, neuron_select="first-last", memory_length=2, initial_decay=0.0)
     pairs = set(zip(sync.left.tolist(), sync.right.tolist()))
     assert pairs == {(i, j) for i in range(7, 10) for j in range(7, 10) if i <= j}
 
 
 def test_reset_replaces_only_starting_entries_with_learned_start_traces():
-    ctm = ContinuousThoughtMachine(4, d_model=8, memory_length=3, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=8, memory_length=3, n_synch_out=4))
     traces = (torch.randn(8, 3, 3), torch.randn(8, 3, 3))  # (neurons, memory, batch)
     pre, post = ctm.reset_traces(traces, torch.tensor([1.0, 0.0, 1.0]))
     for b in (0, 2):
@@ -85,7 +86,7 @@ def test_reset_replaces_only_starting_entries_with_learned_start_traces():
 
 
 def test_traces_carry_across_calls():
-    ctm = ContinuousThoughtMachine(4, d_model=16, ticks=2, memory_length=4, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=16, ticks=2, memory_length=4, n_synch_out=4))
     features, starts = torch.randn(6, 2, 4), torch.zeros(6, 2)
     starts[0] = 1.0
     starts[3, 1] = 1.0  # one sequence starts a new episode halfway
@@ -100,7 +101,7 @@ def test_traces_carry_across_calls():
 
 
 def test_start_traces_and_decay_receive_gradients():
-    ctm = ContinuousThoughtMachine(4, d_model=8, memory_length=3, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=8, memory_length=3, n_synch_out=4))
     with torch.no_grad():
         ctm.synchronisation.decay.fill_(0.5)  # inside the clamp range
     sync, _ = ctm(torch.randn(2, 3, 4), (torch.zeros(8, 3, 3), torch.zeros(8, 3, 3)), torch.ones(2, 3))
@@ -117,6 +118,6 @@ def test_start_traces_and_decay_receive_gradients():
     (dict(nlm_hidden=-1), "nlm_hidden must be an integer >= 0"),
     (dict(neuron_select="all"), "neuron_select must be one of"),
 ])
-def test_bad_hyperparameters_raise_clear_errors(kwargs, message):
+def test_bad_hyperparameters_raise_clear_errors_when_the_config_is_made(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        ContinuousThoughtMachine(4, **kwargs)
+        CtmConfig(**kwargs)

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from ctm_rl import CtmPolicy, bench
-from ctm_rl.compiled import CompiledStep
-from ctm_rl.ctm import ContinuousThoughtMachine
-from ctm_rl.ppo import CtmPPO
-from envs import make_env
+from ctm_rl.model.compiled import CompiledStep
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.ctm import ContinuousThoughtMachine
+from ctm_rl.sb3.ppo import CtmPPO
+from ctm_rl.envs import make_env
 from tests.helpers import SMALL_CTM, collect_rollout
 
 DEVICE = os.environ.get("CTM_RL_TEST_DEVICE", "cuda")
@@ -41,7 +42,7 @@ def _model(device: str, env: str = "CartPole-NoVel", **policy_kwargs) -> CtmPPO:
 @pytest.mark.parametrize("ticks", [1, 3])
 def test_packed_replay_and_its_gradients_on_cuda_equal_cpu(ticks):
     torch.manual_seed(0)
-    cpu = ContinuousThoughtMachine(6, d_model=24, ticks=ticks, memory_length=4, nlm_hidden=4, n_synch_out=6)
+    cpu = ContinuousThoughtMachine(6, CtmConfig(d_model=24, ticks=ticks, memory_length=4, nlm_hidden=4, n_synch_out=6))
     gpu = copy.deepcopy(cpu).to(DEVICE)
     lengths = torch.tensor([5, 2, 7, 1])
     features = torch.randn(int(lengths.sum()), 6)
@@ -50,7 +51,7 @@ def test_packed_replay_and_its_gradients_on_cuda_equal_cpu(ticks):
     results = []
     for ctm, device in ((cpu, "cpu"), (gpu, DEVICE)):
         inputs = (features.to(device), tuple(t.to(device) for t in traces), starts.to(device), lengths.to(device))
-        synchronisation, (pre, post) = ctm.forward_packed(*inputs)
+        synchronisation, (pre, post) = ctm.replay(ctm.project(inputs[0]), *inputs[1:])
         (synchronisation.square().sum() + post.sum()).backward()
         results.append([synchronisation, pre, post, *(p.grad for p in ctm.parameters())])
     for on_cpu, on_gpu in zip(*results):
@@ -59,7 +60,7 @@ def test_packed_replay_and_its_gradients_on_cuda_equal_cpu(ticks):
 
 def test_compiled_step_on_cuda_equals_eager_and_keeps_earlier_outputs():
     torch.manual_seed(0)
-    ctm = ContinuousThoughtMachine(6, d_model=24, ticks=2, memory_length=4, nlm_hidden=4, n_synch_out=6).to(DEVICE)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=24, ticks=2, memory_length=4, nlm_hidden=4, n_synch_out=6)).to(DEVICE)
     step = CompiledStep()  # mode="reduce-overhead" on CUDA: a CUDA graph
     features = torch.randn(5, 6, device=DEVICE)
     compiled_traces = eager_traces = tuple(torch.randn(24, 4, 5, device=DEVICE) for _ in range(2))
@@ -68,8 +69,8 @@ def test_compiled_step_on_cuda_equals_eager_and_keeps_earlier_outputs():
         for index in range(6):
             starts = torch.zeros(5, device=DEVICE)
             starts[index % 5] = float(index % 2)
-            synchronisation, compiled_traces = step(ctm, features, compiled_traces, starts)
-            expected, eager_traces = ctm.step(features, eager_traces, starts)
+            synchronisation, compiled_traces = step(ctm, ctm.project(features), compiled_traces, starts)
+            expected, eager_traces = ctm.step(ctm.project(features), eager_traces, starts)
             torch.testing.assert_close(synchronisation, expected, atol=1e-5, rtol=1e-5)
             for compiled, eager in zip(compiled_traces, eager_traces):
                 torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
@@ -114,7 +115,7 @@ def test_compiled_cuda_rollout_fills_the_buffer_like_the_eager_one():
 
 def test_benchmark_on_cuda_reports_gpu_memory(tmp_path, monkeypatch):
     tiny = bench.BenchConfig(env="CartPole-NoVel", n_envs=4, n_steps=8, n_epochs=1, n_minibatches=2,
-                             ctm=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
+                             hyperparams=dict(d_model=16, d_input=8, nlm_hidden=2, n_synch_out=4), ticks=(1,))
     monkeypatch.setitem(bench.CONFIGS, "tiny", tiny)
     out = tmp_path / "bench.json"
     assert bench.main(["--configs", "tiny", "--device", DEVICE, "--compile", "--out", str(out)]) == 0

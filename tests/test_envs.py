@@ -5,7 +5,7 @@ import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from ctm_rl import UnknownEnvError
-from envs import make_env, make_single_env, resolve_env
+from ctm_rl.envs import make_env, make_single_env, resolve_env
 
 
 def test_versionless_name_resolves_to_latest_version():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ctm_rl import ContinuousThoughtMachine
-from reference_ctm import reference_forward
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.reference import reference_forward
 
 
 def _inputs(ctm, length=7, batch=5, d_input=6, seed=0):
@@ -51,8 +52,8 @@ def _assert_same_gradients(module, grads, expected):
 @pytest.mark.parametrize("neuron_select", ["first-last", "random", "random-pairing"])
 def test_forward_and_gradients_equal_the_plain_definition(synapse_depth, nlm_hidden, ticks, neuron_select):
     torch.manual_seed(0)
-    ctm = ContinuousThoughtMachine(6, d_model=24, ticks=ticks, memory_length=4, nlm_hidden=nlm_hidden,
-                                   synapse_depth=synapse_depth, n_synch_out=6, neuron_select=neuron_select)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=24, ticks=ticks, memory_length=4, nlm_hidden=nlm_hidden,
+                                   synapse_depth=synapse_depth, n_synch_out=6, neuron_select=neuron_select))
     with torch.no_grad():
         ctm.synchronisation.decay.uniform_(-0.5, 5.0)  # both clamp limits and the inside
     features, traces, starts = _inputs(ctm)
@@ -75,8 +76,8 @@ def test_synchronisation_followed_column_by_column_stays_exact_over_long_sequenc
     the newest) instead of summing the window at every tick. Rounding must not build up: with no decay every
     product stays in the sum at full weight until it leaves."""
     torch.manual_seed(8)
-    ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=5, nlm_hidden=2, n_synch_out=4,
-                                   initial_decay=initial_decay)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=16, memory_length=5, nlm_hidden=2, n_synch_out=4,
+                                   initial_decay=initial_decay))
     features, traces, _ = _inputs(ctm, length=300, batch=2)
     starts = torch.zeros(300, 2)
     with torch.no_grad():
@@ -87,7 +88,7 @@ def test_synchronisation_followed_column_by_column_stays_exact_over_long_sequenc
 
 def test_no_grad_rollout_path_equals_the_plain_definition():
     torch.manual_seed(1)
-    ctm = ContinuousThoughtMachine(6, d_model=32, ticks=2, memory_length=5, nlm_hidden=4, n_synch_out=8)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=32, ticks=2, memory_length=5, nlm_hidden=4, n_synch_out=8))
     features, traces, starts = _inputs(ctm, length=1, batch=9)
     with torch.no_grad():
         fast, _ = ctm(features, _ctm_layout(traces), starts)
@@ -107,13 +108,13 @@ def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidd
     run on its sequence alone, final traces are those after each sequence's last step, and gradients of any
     loss over the steps agree."""
     torch.manual_seed(2)
-    ctm = ContinuousThoughtMachine(6, d_model=24, ticks=ticks, memory_length=4, nlm_hidden=nlm_hidden,
-                                   synapse_depth=synapse_depth, n_synch_out=6)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=24, ticks=ticks, memory_length=4, nlm_hidden=nlm_hidden,
+                                   synapse_depth=synapse_depth, n_synch_out=6))
     features, traces, starts = _inputs(ctm, length=7, batch=len(lengths))
     lengths = torch.tensor(lengths)
     loss_weights = torch.randn(int(lengths.sum()), ctm.output_size)
 
-    packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _ctm_layout(traces),
+    packed, packed_traces = ctm.replay(ctm.project(_concatenated(features, lengths)), _ctm_layout(traces),
                                                _concatenated(starts, lengths), lengths)
     packed_grads = torch.autograd.grad((packed * loss_weights).sum(), list(ctm.parameters()), allow_unused=True)
 
@@ -135,12 +136,12 @@ def test_packed_sequences_equal_each_sequence_run_alone(lengths, ticks, nlm_hidd
 
 def test_packed_sequences_of_one_length_equal_the_time_major_path():
     torch.manual_seed(3)
-    ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=3, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=16, memory_length=3, n_synch_out=4))
     features, traces, starts = _inputs(ctm, length=5, batch=4)
     lengths = torch.full((4,), 5)
     with torch.no_grad():
         full, full_traces = ctm(features, _ctm_layout(traces), starts)
-        packed, packed_traces = ctm.forward_packed(_concatenated(features, lengths), _ctm_layout(traces),
+        packed, packed_traces = ctm.replay(ctm.project(_concatenated(features, lengths)), _ctm_layout(traces),
                                                    _concatenated(starts, lengths), lengths)
     _assert_same_result((packed, packed_traces), (_concatenated(full, lengths), full_traces))
 
@@ -148,7 +149,7 @@ def test_packed_sequences_of_one_length_equal_the_time_major_path():
 def test_grid_encoder_encoding_distinct_cells_once_equals_encoding_every_cell():
     from gymnasium import spaces
 
-    from ctm_rl.encoders import GridEncoder
+    from ctm_rl.sb3.encoders import GridEncoder
 
     torch.manual_seed(4)
     encoder = GridEncoder(spaces.Box(0, 10, (5, 4, 3), dtype=np.int64), d_input=8)
@@ -175,7 +176,7 @@ def test_grid_encoder_encoding_distinct_cells_once_equals_encoding_every_cell():
 def test_batch_major_features_give_the_same_result():
     """Replay batches arrive as transposed views of (B, L, F); the CTM reads them in memory order."""
     torch.manual_seed(6)
-    ctm = ContinuousThoughtMachine(6, d_model=16, memory_length=3, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=16, memory_length=3, n_synch_out=4))
     features, traces, starts = _inputs(ctm, length=5, batch=4)
     batch_major = features.transpose(0, 1).contiguous().transpose(0, 1)
     assert not batch_major.is_contiguous()
@@ -186,7 +187,7 @@ def test_batch_major_features_give_the_same_result():
 def test_grid_linear_equals_linear_of_the_grid_features():
     from gymnasium import spaces
 
-    from ctm_rl.encoders import GridEncoder
+    from ctm_rl.sb3.encoders import GridEncoder
 
     torch.manual_seed(7)
     encoder = GridEncoder(spaces.Box(0, 10, (3, 4, 3), dtype=np.int64), d_input=5)

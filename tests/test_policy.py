@@ -10,9 +10,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 
 from ctm_rl import CtmPolicy, UnsupportedSpaceError
-from ctm_rl.policy import PADDING
-from ctm_rl.ppo import CtmPPO
-from ctm_rl.encoders import GridEncoder, ObservationEncoder, VectorEncoder
+from ctm_rl.sb3.policy import PADDING
+from ctm_rl.sb3.ppo import CtmPPO
+from ctm_rl.sb3.encoders import GridEncoder, ObservationEncoder, VectorEncoder
 
 REPLAY_CASES = [
     pytest.param("CartPole-NoVel", {}, id="cartpole-shared"),
@@ -72,8 +72,10 @@ def test_whole_env_trajectories_replay_across_episode_starts():
 
 
 def _flat_start_traces(policy, n_envs):
+    """The learned start traces in RecurrentPPO's state layout, materialised as its buffers hold them (an
+    expanded view has batch stride 0, and the step's reset would lay its output out differently)."""
     pre, post = policy.ctm.start_traces(n_envs)  # (D, M, n_envs)
-    return tuple(trace.permute(2, 0, 1).reshape(1, n_envs, -1) for trace in (pre, post))
+    return tuple(trace.permute(2, 0, 1).reshape(1, n_envs, -1).contiguous() for trace in (pre, post))
 
 
 def test_episode_start_resets_to_learned_start_traces():
@@ -106,9 +108,9 @@ def test_traces_continue_without_episode_start():
     assert torch.equal(pre_two[:, :, :-1], pre_one[:, :, 1:])  # the window slid by one tick
     assert (carried[1] - reset[1]).abs().max() > 1e-3  # carrying differs from restarting
     with torch.no_grad():
-        features = policy.extract_features(obs)
-        sync_carried, _ = policy._run_ctm(policy.ctm, features, after_one, torch.zeros(4))
-        sync_reset, _ = policy._run_ctm(policy.ctm, features, after_one, torch.ones(4))
+        projected = policy.ctm.project(policy.extract_features(obs))
+        sync_carried, _ = policy._run_ctm(policy.ctm, projected, after_one, torch.zeros(4))
+        sync_reset, _ = policy._run_ctm(policy.ctm, projected, after_one, torch.ones(4))
     assert not torch.allclose(sync_carried, sync_reset, atol=1e-7)
 
 
@@ -119,10 +121,11 @@ def test_carry_traces_false_restarts_every_step_from_start_traces():
     garbage = (torch.randn(1, 4, policy.ctm.trace_size), torch.randn(1, 4, policy.ctm.trace_size))
     with torch.no_grad():
         features = policy.extract_features(obs)
-        sync_garbage, traces_garbage = policy._run_ctm(policy.ctm, features, garbage, torch.zeros(4))
-        sync_start, traces_start = policy._run_ctm(policy.ctm, features, _flat_start_traces(policy, 4), torch.ones(4))
+        projected = policy.ctm.project(features)
+        sync_garbage, traces_garbage = policy._run_ctm(policy.ctm, projected, garbage, torch.zeros(4))
+        sync_start, traces_start = policy._run_ctm(policy.ctm, projected, _flat_start_traces(policy, 4), torch.ones(4))
         # A two-step sequence: the second step's output must not depend on the first step's observation.
-        sequence = torch.stack([torch.randn_like(features), features], dim=1).reshape(8, -1)
+        sequence = policy.ctm.project(torch.stack([torch.randn_like(features), features], dim=1).reshape(8, -1))
         sync_sequence, _ = policy._run_ctm(policy.ctm, sequence, garbage, torch.zeros(8))
     # Equal up to rounding: the two calls' traces differ in memory layout (the start traces are a broadcast view).
     torch.testing.assert_close(sync_garbage, sync_start)
@@ -199,7 +202,7 @@ def test_action_spaces_train_and_evaluate(action_kind):
 
 
 def _toy_env(action_kind):
-    from envs import make_env
+    from ctm_rl.envs import make_env
 
     return make_env("toy_envs:CueRecall", n_envs=2, seed=0, env_kwargs={"action_kind": action_kind})
 
@@ -247,7 +250,7 @@ def test_unsupported_observation_space_raises_clear_error():
 
 
 def test_default_adam_is_fused_and_user_optimizer_kwargs_win():
-    from ctm_rl.policy import _HAS_FUSED_ADAM
+    from ctm_rl.sb3.policy import _HAS_FUSED_ADAM
 
     defaults = small_model().policy.optimizer.defaults
     assert defaults["eps"] == 1e-5 and bool(defaults["fused"]) == _HAS_FUSED_ADAM

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from ctm_rl import ContinuousThoughtMachine
-from ctm_rl.tape import PreActivationTape
-from reference_ctm import reference_forward
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.tape import PreActivationTape
+from ctm_rl.model.reference import reference_forward
 from test_fast_paths import _assert_same_gradients, _batch_major, _concatenated, _ctm_layout, _inputs
 
 
 def _packed_loss(ctm, features, traces, starts, lengths, weights):
     """A loss over the outputs and both final traces of a packed forward pass."""
-    output, (pre, post) = ctm.forward_packed(_concatenated(features, lengths), _ctm_layout(traces),
+    output, (pre, post) = ctm.replay(ctm.project(_concatenated(features, lengths)), _ctm_layout(traces),
                                              _concatenated(starts, lengths), lengths)
     return (output * weights[0]).sum() + (pre * weights[1]).sum() + (post * weights[2]).sum()
 
@@ -24,8 +25,8 @@ def test_gradients_through_outputs_final_traces_and_initial_traces_equal_the_pla
     """Sequences end at different steps (the batch shrinks), some after fewer ticks than the window holds (their
     final window still contains initial columns), and one resets mid-sequence."""
     torch.manual_seed(4)
-    ctm = ContinuousThoughtMachine(6, d_model=12, ticks=ticks, memory_length=memory_length, nlm_hidden=3,
-                                   n_synch_out=4)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=12, ticks=ticks, memory_length=memory_length, nlm_hidden=3,
+                                   n_synch_out=4))
     lengths = torch.tensor([7, 3, 5, 1, 7, 2])
     features, traces, starts = _inputs(ctm, length=7, batch=len(lengths))
     traces = tuple(t.requires_grad_() for t in traces)  # (B, D, M) leaves, as the plain definition keeps them
@@ -54,7 +55,7 @@ def test_gradients_through_outputs_final_traces_and_initial_traces_equal_the_pla
 
 def test_a_graph_differentiated_twice_gives_the_same_gradients():
     torch.manual_seed(5)
-    ctm = ContinuousThoughtMachine(6, d_model=12, ticks=2, memory_length=4, nlm_hidden=3, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=12, ticks=2, memory_length=4, nlm_hidden=3, n_synch_out=4))
     lengths = torch.tensor([5, 2, 4])
     features, traces, starts = _inputs(ctm, length=5, batch=3)
     weights = (torch.randn(11, ctm.output_size), torch.randn(12, 4, 3), torch.randn(12, 4, 3))
@@ -70,7 +71,7 @@ def test_forward_passes_leave_no_reference_cycles(backward):
     """Autograd's nodes refer to the tape; a reference back from the tape would keep every forward pass's
     memory until the garbage collector runs."""
     torch.manual_seed(6)
-    ctm = ContinuousThoughtMachine(6, d_model=12, ticks=2, memory_length=4, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=12, ticks=2, memory_length=4, n_synch_out=4))
     features, traces, starts = _inputs(ctm, length=4, batch=3)
     gc.collect()
     gc.disable()
@@ -87,7 +88,7 @@ def test_forward_passes_leave_no_reference_cycles(backward):
 def test_recording_and_inference_give_the_same_result():
     """Autograd gets the tape, inference the plain window: the same numbers either way."""
     torch.manual_seed(7)
-    ctm = ContinuousThoughtMachine(6, d_model=12, ticks=3, memory_length=4, n_synch_out=4)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=12, ticks=3, memory_length=4, n_synch_out=4))
     features, traces, starts = _inputs(ctm, length=6, batch=4)
     recorded, recorded_traces = ctm(features, _ctm_layout(traces), starts)
     with torch.no_grad():

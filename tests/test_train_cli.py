@@ -1,5 +1,7 @@
 """The training command: run folder, presets and overrides, resume, Ctrl-C, checkpoints and bad input."""
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -8,9 +10,9 @@ from sb3_contrib import RecurrentPPO
 
 import ctm_rl.train as train_module
 from ctm_rl import CheckpointError, ConfigError, CtmPolicy
-from ctm_rl.checkpoints import load_agent
+from ctm_rl.sb3.checkpoints import load_agent
 from ctm_rl.config import apply_hyperparams, load_preset, parse_value
-from envs import make_env
+from ctm_rl.envs import make_env
 
 TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
         "n_synch_out=4", "memory_length=3", "--eval-freq", "32", "--eval-episodes", "2", "--checkpoint-freq", "32",
@@ -26,7 +28,8 @@ def test_run_folder_holds_everything(tmp_path):
     run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed3"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["env"] == "CartPole-NoVel" and config["seed"] == 3 and config["mask_velocity"] is True
-    assert config["policy"]["d_model"] == 16 and config["algo"]["n_steps"] == 16
+    assert config["policy"] == "ctm" and config["agent"] == "ctm"
+    assert config["policy_kwargs"]["d_model"] == 16 and config["algo"]["n_steps"] == 16
     assert "--seed 3" in (run_dir / "command.txt").read_text()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ctm_32_steps.zip", "ctm_64_steps.zip"]
     assert len(list((run_dir / "monitor").glob("*.monitor.csv"))) == 2
@@ -63,7 +66,7 @@ def test_lstm_agent_is_parameter_matched_and_recorded(tmp_path):
     assert run(tmp_path, "--agent", "lstm", "--timesteps", "32", "--n-envs", "2", "--hyperparams", "n_steps=16",
                "batch_size=32", "n_epochs=1", "--eval-freq", "0", "--checkpoint-freq", "0", "--no-progress-bar") == 0
     run_dir = tmp_path / "CartPole-NoVel" / "lstm-seed0"
-    hidden = yaml.safe_load((run_dir / "config.yaml").read_text())["policy"]["lstm_hidden_size"]
+    hidden = yaml.safe_load((run_dir / "config.yaml").read_text())["policy_kwargs"]["lstm_hidden_size"]
     assert isinstance(hidden, int) and hidden > 1
     assert RecurrentPPO.load(run_dir / "model.zip").policy.lstm_actor.hidden_size == hidden
 
@@ -71,20 +74,22 @@ def test_lstm_agent_is_parameter_matched_and_recorded(tmp_path):
 def test_presets_merge_default_family_and_exact_name():
     preset = load_preset("ctm", "MiniGrid-FourRooms", "MiniGrid")
     assert preset["max_steps"] == 300  # exact name
-    assert preset["policy"]["d_model"] == 256 and preset["algo"]["n_epochs"] == 4  # family
-    assert preset["algo"]["clip_range"] == 0.2  # default
+    assert preset["policy_kwargs"]["d_model"] == 256 and preset["algo"]["n_epochs"] == 4  # family
+    assert preset["algo"]["clip_range"] == 0.2 and preset["policy"] == "ctm"  # default
 
 
 def test_hyperparams_override_any_key():
-    preset = apply_hyperparams(load_preset("ctm", "CartPole-NoVel", "CartPole"), "ctm",
-                               {"d_model": 64, "algo.n_epochs": 2, "learning_rate": parse_value("3e-4"), "n_envs": 4})
-    assert preset["policy"]["d_model"] == 64 and preset["algo"]["n_epochs"] == 2
+    preset = apply_hyperparams(load_preset("ctm", "CartPole-NoVel", "CartPole"),
+                               {"d_model": 64, "algo.n_epochs": 2, "learning_rate": parse_value("3e-4"), "n_envs": 4,
+                                "policy_kwargs.ticks": 2})
+    assert preset["policy_kwargs"]["d_model"] == 64 and preset["algo"]["n_epochs"] == 2
+    assert preset["policy_kwargs"]["ticks"] == 2
     assert preset["algo"]["learning_rate"] == 3e-4 and preset["n_envs"] == 4
 
 
 def test_unknown_hyperparameter_suggests_close_names():
     with pytest.raises(ConfigError, match="Unknown hyperparameter 'd_modle'.*Did you mean: d_model"):
-        apply_hyperparams({}, "ctm", {"d_modle": 3})
+        apply_hyperparams({"policy": "ctm"}, {"d_modle": 3})
 
 
 @pytest.mark.parametrize("args, message", [
@@ -92,8 +97,10 @@ def test_unknown_hyperparameter_suggests_close_names():
     (["--hyperparams", "n_synch_out=300"], "n_synch_out (300) cannot exceed d_model (128)"),
     (["--hyperparams", "memory_length=0"], "memory_length must be an integer >= 1"),
     (["--ticks", "0"], "ticks must be an integer >= 1"),
-    (["--agent", "lstm", "--ticks", "2"], "does not apply to the lstm agent"),
-    (["--agent", "gru"], "Unknown agent 'gru'. Available agents: ctm, lstm"),
+    (["--agent", "lstm", "--ticks", "2"], "--ticks sets the CTM's internal ticks; the lstm agent's policy is lstm"),
+    (["--agent", "gru"], "Unknown agent 'gru'. Fix: use one of ctm, lstm, or the path of a preset file"),
+    (["--agent", "nowhere/preset.yml"], "Preset file 'nowhere/preset.yml' does not exist"),
+    (["--n-envs", "2", "--hyperparams", "n_envs=4"], "--n-envs 2 and --hyperparams n_envs=4 disagree"),
     (["--hyperparams", "batch_size=100000"], "batch_size (100000) exceeds the rollout size"),
     (["--resume", "/nonexistent/run"], "has no config.yaml"),
 ])
@@ -101,6 +108,49 @@ def test_bad_input_prints_one_clear_error(tmp_path, capsys, args, message):
     assert run(tmp_path, "--timesteps", "32", "--no-progress-bar", *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def _copy_preset(source: str, path, edit=lambda text: text):
+    from ctm_rl.config import preset_file
+
+    path.write_text(edit(preset_file(source).read_text()))
+    return path
+
+
+@pytest.mark.parametrize("source", ["ctm", "lstm"])
+def test_a_copied_preset_trains_the_policy_it_names(tmp_path, monkeypatch, source):
+    """The policy kind comes from the preset's `policy` key, not its file name: a copy under another name
+    trains, as a bundled preset and by path."""
+    from ctm_rl import config as config_module
+
+    bundled = tmp_path / "presets"
+    bundled.mkdir()
+    for name in ("ctm", "lstm"):
+        _copy_preset(name, bundled / f"{name}.yml")
+    copied = _copy_preset(source, bundled / f"{source}_small.yml")
+    monkeypatch.setattr(config_module, "preset_dir", lambda: bundled)
+    tiny = ["--timesteps", "32", "--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1",
+            "--eval-freq", "0", "--checkpoint-freq", "0", "--no-progress-bar"]
+    for agent, folder in ((f"{source}_small", f"{source}_small-seed0"), (str(copied), f"{source}_small-seed0-2")):
+        assert run(tmp_path / "runs", "--agent", agent, *tiny) == 0
+        run_dir = tmp_path / "runs" / "CartPole-NoVel" / folder
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["policy"] == source
+        policy = RecurrentPPO.load(run_dir / "model.zip").policy
+        assert isinstance(policy, CtmPolicy) == (source == "ctm")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("  n_envs: 8", "  n_envs: [8"), r"line \d+: .*Fix: correct the YAML there"),
+    (lambda text: text.replace("  n_envs: 8", "  n_env: 8"), "block 'default' has unknown keys n_env"),
+    (lambda text: text.replace("  policy: ctm\n", ""), "names no policy kind"),
+    (lambda text: text.replace("  policy: ctm\n", "  policy: gru\n"), "Unknown policy kind 'gru'"),
+])
+def test_bad_preset_files_name_the_problem(tmp_path, capsys, edit, message):
+    preset = _copy_preset("ctm", tmp_path / "broken.yml", edit)
+    assert run(tmp_path / "runs", "--agent", str(preset), "--no-progress-bar") == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ctm_rl.nlm import PrivateLinear, private_linear
+from ctm_rl.model.nlm import PrivateLinear, private_linear
 
 
 def pre_activation_history(initial: torch.Tensor, capacity: int) -> PreActivationTape | PreActivationWindow:

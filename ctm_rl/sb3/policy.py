@@ -21,16 +21,17 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from ctm_rl.compiled import CompiledStep, CompileOption, check_compile_option
-from ctm_rl.ctm import ContinuousThoughtMachine, check_ctm_config
-from ctm_rl.encoders import ObservationEncoder
 from ctm_rl.errors import ConfigError
-from ctm_rl.synchronisation import synchronisation_size
+from ctm_rl.model.compiled import CompiledStep, CompileOption, check_compile_option
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.ctm import ContinuousThoughtMachine
+from ctm_rl.sb3.encoders import ObservationEncoder
 
+_CTM_DEFAULTS = CtmConfig()
 _HAS_FUSED_ADAM = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
 
 PADDING = -1.0
-"""``episode_starts`` value of a padded replay step (``ctm_rl.buffers`` marks them); such steps are skipped."""
+"""``episode_starts`` value of a padded replay step (``ctm_rl.sb3.buffers`` marks them); such steps are skipped."""
 
 FlatTraces = tuple[torch.Tensor, torch.Tensor]
 """Traces as ``RecurrentPPO`` stores them: (pre, post), each ``(1, n_seq, d_model * memory_length)``."""
@@ -75,9 +76,11 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         features from the grid's distinct cells, without building the wide features (the same numbers, much
         cheaper); ``False`` builds the features and multiplies them by the synapses' weight.
     :param compile_rollout: run the CTM's rollout step (``forward``, one step of every env, no gradient)
-        through ``torch.compile``: ``True`` for the defaults of :class:`ctm_rl.compiled.CompiledStep` (one graph,
+        through ``torch.compile``: ``True`` for the defaults of :class:`ctm_rl.model.compiled.CompiledStep` (one graph,
         and a CUDA graph on GPU), or a mapping of ``torch.compile`` arguments. The first rollout compiles
         (minutes on a small CPU); the results equal the eager step's up to float rounding.
+    :param normalize_output: apply a LayerNorm (with learned gain and bias) to the synchronisation before the
+        actor and critic heads, so that the heads read unit-scale inputs whatever the traces' scale.
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -91,19 +94,20 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         observation_space: spaces.Space,
         action_space: spaces.Space,
         lr_schedule: Schedule,
-        d_model: int = 128,
+        d_model: int = _CTM_DEFAULTS.d_model,
         d_input: int = 64,
-        ticks: int = 1,
-        memory_length: int = 10,
-        nlm_hidden: int = 4,
-        synapse_depth: int = 1,
-        n_synch_out: int = 16,
-        neuron_select: str = "first-last",
-        initial_decay: float = 3.0,
+        ticks: int = _CTM_DEFAULTS.ticks,
+        memory_length: int = _CTM_DEFAULTS.memory_length,
+        nlm_hidden: int = _CTM_DEFAULTS.nlm_hidden,
+        synapse_depth: int = _CTM_DEFAULTS.synapse_depth,
+        n_synch_out: int = _CTM_DEFAULTS.n_synch_out,
+        neuron_select: str = _CTM_DEFAULTS.neuron_select,
+        initial_decay: float = _CTM_DEFAULTS.initial_decay,
         carry_traces: bool = True,
         share_ctm: bool = True,
         project_cells: bool = True,
         compile_rollout: CompileOption = False,
+        normalize_output: bool = False,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -119,21 +123,20 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select,
-                         initial_decay)
-        check_compile_option(compile_rollout)
-        if share_ctm and not share_features_extractor:
-            raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
-        self.ctm_kwargs = dict(
+        self.ctm_config = CtmConfig(
             d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_hidden=nlm_hidden,
             synapse_depth=synapse_depth, n_synch_out=n_synch_out, neuron_select=neuron_select,
             initial_decay=initial_decay,
         )
+        check_compile_option(compile_rollout)
+        if share_ctm and not share_features_extractor:
+            raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
         self.d_input = d_input
         self.carry_traces = carry_traces
         self.project_cells = project_cells
         self.share_ctm = share_ctm
         self.compile_rollout = compile_rollout
+        self.normalize_output = normalize_output
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
@@ -142,7 +145,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             features_extractor_class = ObservationEncoder
             features_extractor_kwargs = {"d_input": d_input, **(features_extractor_kwargs or {})}
         # The heads are built on the synchronisation width (RecurrentActorCriticPolicy._build_mlp_extractor).
-        self.lstm_output_dim = synchronisation_size(n_synch_out, neuron_select)
+        self.lstm_output_dim = self.ctm_config.output_size
         # Skip RecurrentActorCriticPolicy.__init__: it would build LSTMs this policy does not use.
         ActorCriticPolicy.__init__(
             self, observation_space, action_space, lr_schedule, net_arch, activation_fn, ortho_init, use_sde,
@@ -153,8 +156,12 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The CTMs must exist before the parent builds the optimizer over all parameters.
-        self.ctm = ContinuousThoughtMachine(self.features_dim, **self.ctm_kwargs)
-        self.critic_ctm = None if self.share_ctm else ContinuousThoughtMachine(self.features_dim, **self.ctm_kwargs)
+        self.ctm = ContinuousThoughtMachine(self.features_dim, self.ctm_config)
+        self.critic_ctm = None if self.share_ctm else ContinuousThoughtMachine(self.features_dim, self.ctm_config)
+        width = self.ctm.output_size
+        self.output_norm = nn.LayerNorm(width) if self.normalize_output else nn.Identity()
+        self.critic_output_norm = (nn.LayerNorm(width) if self.normalize_output and not self.share_ctm
+                                   else self.output_norm)
         super()._build(lr_schedule)
 
     @property
@@ -164,37 +171,45 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(self.ctm_kwargs, d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
-                    project_cells=self.project_cells, compile_rollout=self.compile_rollout)
+        data.update(self.ctm_config.to_dict(), d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
+                    project_cells=self.project_cells, compile_rollout=self.compile_rollout,
+                    normalize_output=self.normalize_output)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
 
-    def _ctm_input(self, obs: PyTorchObs, extractor: BaseFeaturesExtractor,
-                   ctm: ContinuousThoughtMachine) -> tuple[torch.Tensor, bool]:
-        """What ``ctm`` reads from the observations: the features, or, for a MiniGrid grid, their synapse
-        projection computed straight from the distinct cells (the same numbers without the wide features).
+    def _grid(self, extractor: BaseFeaturesExtractor) -> Any:
+        """The default encoder's MiniGrid grid encoding when the CTM's input is projected from its cells, else None."""
+        return extractor.grid if isinstance(extractor, ObservationEncoder) and self.project_cells else None
 
-        :return: ``(N, F)`` features or ``(N, W)`` projections, and whether they are projections.
+    def _ctm_input(self, obs: PyTorchObs, extractor: BaseFeaturesExtractor, ctm: ContinuousThoughtMachine
+                   ) -> torch.Tensor:
+        """What ``ctm`` reads from the observations: the features' :meth:`~ContinuousThoughtMachine.project`,
+        computed for a MiniGrid grid straight from its distinct cells (the same numbers without the wide
+        features).
+
+        :return: ``(N, W)`` projections, one row per observation.
         """
-        grid = extractor.grid if isinstance(extractor, ObservationEncoder) and self.project_cells else None
+        grid = self._grid(extractor)
         if grid is None:
-            return BaseModel.extract_features(self, obs, extractor), False
+            return ctm.project(BaseModel.extract_features(self, obs, extractor))
         obs = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
-        return grid.linear(obs, ctm.synapses.feature_weight, ctm.synapses.bias), True
+        return grid.linear(obs, ctm.synapses.feature_weight, ctm.synapses.bias)
 
     def _run_ctm(
-        self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor,
-        features_projected: bool = False, lengths: torch.Tensor | None = None, rollout: bool = False,
+        self, ctm: ContinuousThoughtMachine, projected: torch.Tensor, traces: FlatTraces, episode_starts: torch.Tensor,
+        lengths: torch.Tensor | None = None, rollout: bool = False,
     ) -> tuple[torch.Tensor, FlatTraces]:
         """Run ``ctm`` over a batch of sequences laid out as ``RecurrentPPO`` does, without its padding.
 
-        :param features: ``(N, F)``, the steps of each sequence one after the other (or their projections, see
-            ``features_projected``).
+        One step per sequence (the rollout, ``predict``, the value bootstrap) runs :meth:`~ContinuousThoughtMachine.step`,
+        compiled in the rollout if ``compile_rollout``; anything longer runs :meth:`~ContinuousThoughtMachine.replay`.
+
+        :param projected: ``(N, W)``, the steps of each sequence one after the other, as :meth:`_ctm_input` gives.
         :param traces: flat traces before each sequence, each ``(1, n_seq, D * M)``.
         :param episode_starts: ``(N,)``, 1 at episode starts.
         :param lengths: ``(n_seq,)`` steps of each sequence; ``None`` when all have ``N / n_seq`` steps.
-        :param rollout: a rollout step (one step per sequence), which runs compiled if ``compile_rollout``.
+        :param rollout: a rollout step, which runs compiled if ``compile_rollout``.
         :return: synchronisation ``(N, P)`` and the flat traces after each sequence's last step.
         """
         n_seq = traces[0].shape[1]
@@ -203,17 +218,12 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         pre, post = (trace.reshape(shape).permute(1, 2, 0) for trace in traces)  # (D, M, n_seq)
         if not self.carry_traces:
             episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
-        if rollout and self.rollout_step is not None and not torch.is_grad_enabled() and len(features) == n_seq:
-            synchronisation, (pre, post) = self.rollout_step(ctm, features, (pre, post), episode_starts,
-                                                             features_projected)  # (n_seq, P)
-        elif lengths is None:
-            features = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)  # (L, n_seq, F)
-            synchronisation, (pre, post) = ctm(features, (pre, post), episode_starts.reshape(n_seq, -1).t(),
-                                               features_projected)  # (L, n_seq, P)
-            synchronisation = synchronisation.transpose(0, 1).reshape(-1, synchronisation.shape[-1])  # (N, P)
+        if len(projected) != n_seq:
+            synchronisation, (pre, post) = ctm.replay(projected, (pre, post), episode_starts, lengths)  # (N, P)
+        elif rollout and self.rollout_step is not None and not torch.is_grad_enabled():
+            synchronisation, (pre, post) = self.rollout_step(ctm, projected, (pre, post), episode_starts)  # (N, P)
         else:
-            synchronisation, (pre, post) = ctm.forward_packed(features, (pre, post), episode_starts, lengths,
-                                                              features_projected)  # (N, P)
+            synchronisation, (pre, post) = ctm.step(projected, (pre, post), episode_starts)  # (N, P)
         # Views, not copies: the next rollout step reads them back in the CTM's layout without a copy.
         flat = tuple(trace.permute(2, 0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
         return synchronisation, flat
@@ -222,19 +232,23 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self, obs: PyTorchObs, states: RNNStates, episode_starts: torch.Tensor, lengths: torch.Tensor | None = None,
         rollout: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
-        features, projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
-        latent_pi, traces_pi = self._run_ctm(self.ctm, features, states.pi, episode_starts, projected, lengths,
-                                             rollout)
+        extractor = self.pi_features_extractor
+        # A separate critic CTM reading the actor's encoder projects the same features with its own synapses:
+        # encode them once (grids are projected from their cells, without features).
+        shared_features = (self.critic_ctm is not None and self.vf_features_extractor is extractor
+                           and self._grid(extractor) is None)
+        features = BaseModel.extract_features(self, obs, extractor) if shared_features else None
+        projected = self._ctm_input(obs, extractor, self.ctm) if features is None else self.ctm.project(features)
+        latent_pi, traces_pi = self._run_ctm(self.ctm, projected, states.pi, episode_starts, lengths, rollout)
         if self.critic_ctm is None:
             latent_vf, traces_vf = latent_pi, traces_pi
         else:
-            if projected or self.vf_features_extractor is not self.pi_features_extractor:
-                # Projections are made with each CTM's own synapses; features from one encoder are reused.
-                features, projected = self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm)
-            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, features, states.vf, episode_starts, projected,
-                                                 lengths, rollout)
-        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
-        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+            projected = (self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm) if features is None
+                         else self.critic_ctm.project(features))
+            latent_vf, traces_vf = self._run_ctm(self.critic_ctm, projected, states.vf, episode_starts, lengths,
+                                                 rollout)
+        latent_pi = self.mlp_extractor.forward_actor(self.output_norm(latent_pi))
+        latent_vf = self.mlp_extractor.forward_critic(self.critic_output_norm(latent_vf))
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
 
     # --- The hooks RecurrentPPO calls ---------------------------------------------------------------------
@@ -276,15 +290,15 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     def get_distribution(
         self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor
     ) -> tuple[Distribution, FlatTraces]:
-        features, projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
-        latent_pi, traces = self._run_ctm(self.ctm, features, lstm_states, episode_starts, projected)
-        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), traces
+        projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
+        latent_pi, traces = self._run_ctm(self.ctm, projected, lstm_states, episode_starts)
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(self.output_norm(latent_pi))), traces
 
     def predict_values(self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor) -> torch.Tensor:
         ctm = self.ctm if self.critic_ctm is None else self.critic_ctm
-        features, projected = self._ctm_input(obs, self.vf_features_extractor, ctm)
-        latent_vf, _ = self._run_ctm(ctm, features, lstm_states, episode_starts, projected)
-        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        projected = self._ctm_input(obs, self.vf_features_extractor, ctm)
+        latent_vf, _ = self._run_ctm(ctm, projected, lstm_states, episode_starts)
+        return self.value_net(self.mlp_extractor.forward_critic(self.critic_output_norm(latent_vf)))
 
     def predict(
         self,

@@ -11,7 +11,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.errors import CheckpointError
-from ctm_rl.ppo import CtmPPO
+from ctm_rl.sb3.ppo import CtmPPO
 
 _STEPS = re.compile(r"_(\d+)_steps\.zip$")
 
@@ -54,7 +54,7 @@ def load_agent(path: str | Path, env: VecEnv | None = None, device: str = "auto"
         model = CtmPPO.load(path, env=env, device=device)
     except ValueError as error:  # SB3 reports space mismatches as ValueError
         raise CheckpointError(f"Checkpoint {str(path)!r} does not match the environment: {error}") from None
-    except (RuntimeError, KeyError, EOFError, TypeError, AttributeError) as error:
+    except (RuntimeError, KeyError, EOFError) as error:
         raise CheckpointError(f"Checkpoint {str(path)!r} could not be restored: {error}") from None
     saved = model.policy_kwargs
     differing = {

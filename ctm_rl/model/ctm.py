@@ -17,11 +17,11 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ctm_rl.errors import ConfigError
-from ctm_rl.nlm import NeuronLevelModels
-from ctm_rl.synapses import Synapses
-from ctm_rl.synchronisation import MAX_DECAY, NEURON_SELECTIONS, SlidingWeights, Synchronisation
-from ctm_rl.tape import PreActivationTape, PreActivationWindow, pre_activation_history
+from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.nlm import NeuronLevelModels
+from ctm_rl.model.synapses import Synapses
+from ctm_rl.model.synchronisation import SlidingWeights, Synchronisation
+from ctm_rl.model.tape import PreActivationTape, PreActivationWindow, pre_activation_history
 
 Traces = tuple[torch.Tensor, torch.Tensor]
 """(pre-activation trace, post-activation trace), each ``(d_model, memory_length, batch)``."""
@@ -53,76 +53,35 @@ def _running(column: torch.Tensor, batch: int) -> torch.Tensor:
     return column if column.shape[-1] == batch else column[:, :batch]
 
 
-def check_ctm_config(
-    d_model: int, ticks: int, memory_length: int, nlm_hidden: int, synapse_depth: int, n_synch_out: int, neuron_select: str,
-    initial_decay: float = 0.0,
-) -> None:
-    """Raise :class:`ConfigError` naming the first inconsistent CTM hyperparameter."""
-    positive = {"d_model": d_model, "ticks": ticks, "memory_length": memory_length, "synapse_depth": synapse_depth,
-                "n_synch_out": n_synch_out}
-    for name, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: pass {name}=1 or more.")
-    if not isinstance(nlm_hidden, int) or nlm_hidden < 0:
-        raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {nlm_hidden!r}.")
-    if n_synch_out > d_model:
-        raise ConfigError(
-            f"n_synch_out ({n_synch_out}) cannot exceed d_model ({d_model}): the synchronised neurons are drawn "
-            f"from the model's neurons. Fix: lower n_synch_out to at most {d_model} or raise d_model."
-        )
-    if neuron_select not in NEURON_SELECTIONS:
-        raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, got {neuron_select!r}.")
-    if not 0.0 <= initial_decay <= MAX_DECAY:
-        raise ConfigError(f"initial_decay must lie in the decay clamp range [0, {MAX_DECAY:g}], got {initial_decay!r}.")
-
-
-def _is_batch_major(sequence: torch.Tensor) -> bool:
-    """Whether an ``(L, B, ...)`` tensor is a transposed view of a contiguous ``(B, L, ...)`` one, as the
-    policy's sequence-major replay batches are."""
-    return not sequence.is_contiguous() and sequence.transpose(0, 1).is_contiguous()
-
-
 class ContinuousThoughtMachine(nn.Module):
     """A CTM whose traces carry across calls.
 
+    Two entry points run it: :meth:`step`, one environment step of every sequence (the rollout), and
+    :meth:`replay`, whole sequences of possibly different lengths (the PPO update). Both take the features'
+    share of the synapses' input layer, :meth:`project`, rather than the features themselves: a caller can
+    compute that product more cheaply than the features (MiniGrid grids do), and a sequence's projections
+    are one matrix product. :meth:`forward` is the plain module call over equally long, time-major sequences
+    of features. :mod:`ctm_rl.model.reference` is the same computation written plainly, one neuron and one
+    tick at a time.
+
     :param d_input: width of the features fed to the synapses each tick.
-    :param d_model: number of neurons ``D``.
-    :param ticks: internal ticks per environment step ``T``.
-    :param memory_length: length ``M`` of the pre- and post-activation traces.
-    :param nlm_hidden: hidden width of deep neuron-level models; 0 for shallow ones.
-    :param synapse_depth: 1 for two GLU blocks, more for a U-Net.
-    :param n_synch_out: neurons on each side of the output synchronisation pairs.
-    :param neuron_select: ``first-last``, ``random`` or ``random-pairing``.
-    :param initial_decay: starting value of every output pair's learned decay rate, in ``[0, 4]``. The
-        reference starts at 0, a plain average over the window; a rate of 3 starts the output on the newest
-        steps, which learns CartPole-NoVel several times faster (see the README).
+    :param config: the hyperparameters; the defaults of :class:`CtmConfig` if ``None``.
     """
 
-    def __init__(
-        self,
-        d_input: int,
-        d_model: int = 128,
-        ticks: int = 1,
-        memory_length: int = 10,
-        nlm_hidden: int = 4,
-        synapse_depth: int = 1,
-        n_synch_out: int = 16,
-        neuron_select: str = "first-last",
-        initial_decay: float = 3.0,
-    ) -> None:
+    def __init__(self, d_input: int, config: CtmConfig | None = None) -> None:
         super().__init__()
-        check_ctm_config(d_model, ticks, memory_length, nlm_hidden, synapse_depth, n_synch_out, neuron_select,
-                         initial_decay)
-        self.d_model = d_model
-        self.ticks = ticks
-        self.memory_length = memory_length
-        self.synapses = Synapses(d_input, d_model, synapse_depth)
-        self.nlms = NeuronLevelModels(d_model, memory_length, nlm_hidden)
-        self.synchronisation = Synchronisation(d_model, n_synch_out, neuron_select, memory_length,
-                                               initial_decay=initial_decay)
-        bound = math.sqrt(1.0 / (d_model + memory_length))
-        self.start_pre_trace = nn.Parameter(torch.empty(d_model, memory_length).uniform_(-bound, bound))
-        self.start_post_trace = nn.Parameter(torch.empty(d_model, memory_length).uniform_(-bound, bound))
+        config = CtmConfig() if config is None else config
+        self.config = config
+        self.d_model = config.d_model
+        self.ticks = config.ticks
+        self.memory_length = config.memory_length
+        self.synapses = Synapses(d_input, config.d_model, config.synapse_depth)
+        self.nlms = NeuronLevelModels(config.d_model, config.memory_length, config.nlm_hidden)
+        self.synchronisation = Synchronisation(config.d_model, config.n_synch_out, config.neuron_select,
+                                               config.memory_length, initial_decay=config.initial_decay)
+        bound = math.sqrt(1.0 / (config.d_model + config.memory_length))
+        self.start_pre_trace = nn.Parameter(torch.empty(config.d_model, config.memory_length).uniform_(-bound, bound))
+        self.start_post_trace = nn.Parameter(torch.empty(config.d_model, config.memory_length).uniform_(-bound, bound))
 
     @property
     def trace_size(self) -> int:
@@ -174,69 +133,85 @@ class ContinuousThoughtMachine(nn.Module):
             columns, products = (*columns[1:], post_activation), (*products[1:], newest)
         return LoopState(pre, columns, products, synchronisation)
 
-    def forward(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, features_projected: bool = False,
-    ) -> tuple[torch.Tensor, Traces]:
-        """Process a time-major batch of equally long sequences of environment steps.
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The features' share of the synapses' input layer, bias included: ``(..., d_input) -> (..., W)``.
 
-        :param features: ``(L, B, d_input)``, features of ``L`` consecutive steps of ``B`` sequences.
-        :param traces: traces before the first step, each ``(D, M, B)``.
-        :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
-        :param features_projected: ``features`` are already their :meth:`Synapses.project_features`, ``(L, B, W)``
-            (an encoder can compute that product more cheaply than the features themselves).
-        :return: synchronisation ``(L, B, output_size)`` and the traces after the last step.
+        :meth:`step` and :meth:`replay` read these projections; the features do not change between ticks, so
+        their share of the input layer is computed once per step, for a whole sequence in one product.
         """
-        length, batch = episode_starts.shape
-        # --- Features' share of the synapses' input layer, for every step in one product ---
-        if features_projected:
-            projected = features
-        elif _is_batch_major(features):  # project in memory order: no copy of the (possibly wide) features
-            projected = self.synapses.project_features(features.transpose(0, 1)).transpose(0, 1)  # (L, B, W)
-        else:
-            projected = self.synapses.project_features(features)  # (L, B, W)
-        # unbind: indexing one step at a time would make backward zero-fill a full-sequence gradient per step.
-        outputs, (final,) = self._forward_steps(projected.unbind(0), traces, episode_starts.unbind(0),
-                                                episode_starts.any(dim=1).tolist(), [batch] * length)
-        return torch.stack(outputs), final
+        return self.synapses.project_features(features)
 
-    def forward_packed(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, lengths: torch.Tensor,
-        features_projected: bool = False,
+    def step(self, projected: torch.Tensor, traces: Traces, episode_starts: torch.Tensor) -> tuple[torch.Tensor, Traces]:
+        """One environment step of every sequence: the rollout's entry point.
+
+        It has no control flow that depends on the data, so that ``torch.compile`` captures it as one graph
+        (and, on CUDA, one CUDA graph): the traces are reset wherever an episode starts, also when none does
+        (a no-op then), and the pre-activation history is always the plain window.
+
+        :param projected: ``(B, W)``, this step's :meth:`project`.
+        :param traces: traces before the step, each ``(D, M, B)``.
+        :param episode_starts: ``(B,)``, 1 where the step starts a new episode.
+        :return: synchronisation ``(B, output_size)`` and the traces after the step.
+        """
+        # --- Reset to the learned start traces where an episode starts ---
+        pre, post = self.reset_traces(traces, episode_starts)
+        # --- Synchronisation of the whole window, then the internal ticks ---
+        weights = self.synchronisation.weights()  # (P, M)
+        state = self._start_loop(PreActivationWindow(pre), post, weights)
+        state = self.think(projected, state, self.synchronisation.sliding_weights(weights))
+        return state.synchronisation.t(), self._traces(state)
+
+    def replay(
+        self, projected: torch.Tensor, traces: Traces, episode_starts: torch.Tensor,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Traces]:
-        """Process sequences of different lengths, stored one after the other (as a recurrent replay minibatch
-        holds them before padding), computing real steps only.
+        """Sequences of environment steps, stored one after the other as a recurrent replay minibatch holds them
+        before padding: the update's entry point. Only real steps are computed.
 
         Sequences are sorted longest first, so the ones still running at each step are a leading block of the
         batch that shrinks as they end.
 
-        :param features: ``(N, d_input)``, the steps of sequence 0, then those of sequence 1, and so on;
-            ``N = lengths.sum()``.
+        :param projected: ``(N, W)``, the :meth:`project` of sequence 0's steps, then sequence 1's, and so on.
         :param traces: traces before each sequence's first step, each ``(D, M, B)``.
         :param episode_starts: ``(N,)``, 1 where a step starts a new episode.
-        :param lengths: ``(B,)``, steps of each sequence, at least 1.
-        :param features_projected: as in :meth:`forward`, ``(N, W)``.
-        :return: synchronisation ``(N, output_size)``, in the order of ``features``, and the traces after each
+        :param lengths: ``(B,)``, steps of each sequence (at least 1, summing to ``N``); ``None`` when every
+            sequence has ``N / B`` steps.
+        :return: synchronisation ``(N, output_size)``, in the order of ``projected``, and the traces after each
             sequence's last step.
         """
+        batch = traces[0].shape[-1]
+        if lengths is None:
+            lengths = torch.full((batch,), len(projected) // batch, device=projected.device)
         order = torch.argsort(lengths, descending=True, stable=True)
         first_row = torch.cumsum(lengths, 0) - lengths  # (B,) where each sequence starts in the rows
         real = torch.arange(int(lengths.max()), device=lengths.device).unsqueeze(1) < lengths[order]  # (L, B)
         active = real.sum(dim=1).tolist()
         step, position = real.nonzero(as_tuple=True)  # time-major, longest sequences first at each step
         rows = first_row[order[position]] + step  # (N,) the row of each step in that order
-        # --- Features' share of the synapses' input layer, for every step in one product ---
-        time_major = features.index_select(0, rows)
-        projected = time_major if features_projected else self.synapses.project_features(time_major)  # (N, W)
+        time_major = projected.index_select(0, rows)  # (N, W)
         starts = episode_starts.index_select(0, rows)
         any_start = (starts.new_zeros(len(active), dtype=torch.float).index_add_(0, step, starts.float()) > 0).tolist()
-        outputs, finished = self._forward_steps(projected.split(active), tuple(trace[..., order] for trace in traces),
+        outputs, finished = self._forward_steps(time_major.split(active), tuple(trace[..., order] for trace in traces),
                                                 starts.split(active), any_start, active)
-        # --- Back to the callers' order: rows as in features, final traces as in lengths ---
+        # --- Back to the callers' order: rows as in projected, final traces as in lengths ---
         synchronisation = torch.cat(outputs)  # (N, P)
         synchronisation = synchronisation.new_empty(synchronisation.shape).index_copy(0, rows, synchronisation)
         unsort = torch.argsort(order)
         final = tuple(torch.cat(pieces[::-1], dim=-1)[..., unsort] for pieces in zip(*finished))
         return synchronisation, final
+
+    def forward(self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor) -> tuple[torch.Tensor, Traces]:
+        """Equally long, time-major sequences of features: :meth:`replay` of their projections.
+
+        :param features: ``(L, B, d_input)``, features of ``L`` consecutive steps of ``B`` sequences.
+        :param traces: traces before the first step, each ``(D, M, B)``.
+        :param episode_starts: ``(L, B)``, 1 where a step starts a new episode.
+        :return: synchronisation ``(L, B, output_size)`` and the traces after the last step.
+        """
+        length, batch = episode_starts.shape
+        projected = self.project(features.transpose(0, 1)).reshape(length * batch, -1)  # (B * L, W), sequence-major
+        synchronisation, final = self.replay(projected, traces, episode_starts.t().reshape(-1))
+        return synchronisation.view(batch, length, -1).transpose(0, 1), final
 
     def _forward_steps(
         self, projected: Sequence[torch.Tensor], traces: Traces, episode_starts: Sequence[torch.Tensor],
@@ -274,30 +249,6 @@ class ContinuousThoughtMachine(nn.Module):
             state = self.think(step_projected, state, sliding)
             outputs.append(state.synchronisation.t())  # (active, P)
         return outputs, finished + [self._traces(state)]
-
-    def step(
-        self, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor, features_projected: bool = False,
-    ) -> tuple[torch.Tensor, Traces]:
-        """One environment step of every sequence: :meth:`forward` with ``L = 1``, without control flow that
-        depends on the data, so that ``torch.compile`` captures it as one graph (and, on CUDA, one CUDA graph).
-
-        The traces are reset wherever an episode starts, also when none does (a no-op then), and the
-        pre-activation history is always the plain window, which autograd follows without a tape.
-
-        :param features: ``(B, d_input)``, or their :meth:`Synapses.project_features` ``(B, W)`` if
-            ``features_projected``.
-        :param traces: traces before the step, each ``(D, M, B)``.
-        :param episode_starts: ``(B,)``, 1 where the step starts a new episode.
-        :return: synchronisation ``(B, output_size)`` and the traces after the step.
-        """
-        projected = features if features_projected else self.synapses.project_features(features)  # (B, W)
-        # --- Reset to the learned start traces where an episode starts ---
-        pre, post = self.reset_traces(traces, episode_starts)
-        # --- Synchronisation of the whole window, then the internal ticks ---
-        weights = self.synchronisation.weights()  # (P, M)
-        state = self._start_loop(PreActivationWindow(pre), post, weights)
-        state = self.think(projected, state, self.synchronisation.sliding_weights(weights))
-        return state.synchronisation.t(), self._traces(state)
 
     def _start_loop(self, history: PreActivationTape | PreActivationWindow, post_trace: torch.Tensor,
                     weights: torch.Tensor) -> LoopState:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:  # the tape computes its products with private_linear below
-    from ctm_rl.tape import PreActivationTape, PreActivationWindow
 
 
 def private_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -37,6 +34,14 @@ class PrivateLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return private_linear(x, self.weight, self.bias)
+
+
+class PreActivationHistory(Protocol):
+    """A neuron's pre-activation history as the neuron-level models read it (see :mod:`ctm_rl.model.tape`)."""
+
+    def append_and_project(self, pre_activation: torch.Tensor, layer: PrivateLinear) -> torch.Tensor:
+        """Append one tick's pre-activations ``(b, D)`` and apply ``layer`` to every neuron's newest window:
+        ``(D, out, b)``."""
 
 
 class NeuronLevelModels(nn.Module):
@@ -67,7 +72,7 @@ class NeuronLevelModels(nn.Module):
         # pre_trace: (D, M, B) -> post-activation (D, B)
         return self.layers(pre_trace).squeeze(1)
 
-    def advance(self, history: PreActivationTape | PreActivationWindow, pre_activation: torch.Tensor
+    def advance(self, history: PreActivationHistory, pre_activation: torch.Tensor
                 ) -> torch.Tensor:
         """Append one tick's pre-activations to ``history`` and map every neuron's new window to its
         post-activation: ``self(window)`` (a tape does it without building the window).

@@ -20,10 +20,9 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_ima
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from torch import nn
 
+from ctm_rl.envs.wrappers import MINIGRID_COLOURS, MINIGRID_OBJECTS, MINIGRID_STATES
 from ctm_rl.errors import UnsupportedSpaceError
 
-# Index ranges of MiniGrid's symbolic encoding (minigrid.core.constants).
-MINIGRID_OBJECTS, MINIGRID_COLOURS, MINIGRID_STATES = 11, 6, 3
 # NatureCNN's kernels need at least this many pixels per side.
 _MIN_CNN_SIDE = 36
 _FLAT_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)

@@ -30,7 +30,7 @@ from sb3_contrib.common.recurrent.type_aliases import (
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
-from ctm_rl.policy import PADDING
+from ctm_rl.sb3.policy import PADDING
 
 
 class _CtmStorage:

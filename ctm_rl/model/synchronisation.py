@@ -7,18 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
-MAX_DECAY = 4.0
-"""Upper clamp of the learned decay rates (the RL reference's)."""
-
-
-def synchronisation_size(n_synch: int, neuron_select: str) -> int:
-    """Number of synchronisation values (neuron pairs) for a selection.
-
-    :param n_synch: number of neurons on each side of the pairs.
-    :param neuron_select: one of :data:`NEURON_SELECTIONS`.
-    """
-    return n_synch if neuron_select == "random-pairing" else n_synch * (n_synch + 1) // 2
+from ctm_rl.model.config import MAX_DECAY, NEURON_SELECTIONS
 
 
 class SlidingWeights(NamedTuple):
@@ -62,13 +51,13 @@ class Synchronisation(nn.Module):
     :param n_synch: neurons on each side of the pairs.
     :param neuron_select: pair selection, one of :data:`NEURON_SELECTIONS`.
     :param memory_length: length of the post-activation window.
-    :param max_decay: upper clamp of the decay rate.
     :param initial_decay: decay rate every pair starts from.
+    :param max_decay: upper clamp of the decay rate.
     """
 
     def __init__(
-        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, max_decay: float = MAX_DECAY,
-        initial_decay: float = 0.0,
+        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, initial_decay: float,
+        max_decay: float = MAX_DECAY,
     ) -> None:
         super().__init__()
         left, right = select_pairs(d_model, n_synch, neuron_select)

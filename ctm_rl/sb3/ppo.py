@@ -1,7 +1,7 @@
 """``CtmPPO``: sb3-contrib's ``RecurrentPPO`` with rollout buffers made for ``CtmPolicy``.
 
 ``RecurrentPPO(CtmPolicy, env)`` works unchanged; ``CtmPPO`` only swaps in a buffer from
-:mod:`ctm_rl.buffers` when the policy is a ``CtmPolicy``: one that marks the padding of replay minibatches,
+:mod:`ctm_rl.sb3.buffers` when the policy is a ``CtmPolicy``: one that marks the padding of replay minibatches,
 so the CTM computes real steps only, keeps its trace store from one rollout to the next instead of
 allocating it afresh, and, when one CTM serves actor and critic, stores its traces once, halving the buffer's
 state memory. The learning is the same up to float rounding. Any other policy gets
@@ -13,8 +13,8 @@ from __future__ import annotations
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
-from ctm_rl.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
-from ctm_rl.policy import CtmPolicy
+from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
+from ctm_rl.sb3.policy import CtmPolicy
 
 
 class CtmPPO(RecurrentPPO):

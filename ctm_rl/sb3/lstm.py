@@ -10,8 +10,8 @@ import gymnasium as gym
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from ctm_rl.encoders import ObservationEncoder
-from ctm_rl.policy import CtmPolicy
+from ctm_rl.sb3.encoders import ObservationEncoder
+from ctm_rl.sb3.policy import CtmPolicy
 
 # One LSTM shared by actor and critic, as in the CTM reference. Note that sb3-contrib trains a shared LSTM
 # with the actor's gradient only; pass enable_critic_lstm=True (and shared_lstm=False) for a separate one.

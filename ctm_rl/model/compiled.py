@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ctm_rl.ctm import ContinuousThoughtMachine, Traces
+from ctm_rl.model.ctm import ContinuousThoughtMachine, Traces
 from ctm_rl.errors import ConfigError
 
 CompileOption = bool | dict[str, Any]
@@ -43,11 +43,11 @@ def check_compile_option(option: Any) -> None:
                           f"Fix: use only {', '.join(sorted(_COMPILE_ARGUMENTS))}.")
 
 
-def _step(ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: Traces, episode_starts: torch.Tensor,
-          features_projected: bool) -> tuple[torch.Tensor, Traces]:
+def _step(ctm: ContinuousThoughtMachine, projected: torch.Tensor, traces: Traces, episode_starts: torch.Tensor
+          ) -> tuple[torch.Tensor, Traces]:
     # A plain function of the module rather than a bound method: a copied policy's CTM must not run the
     # original's parameters.
-    return ctm.step(features, traces, episode_starts, features_projected)
+    return ctm.step(projected, traces, episode_starts)
 
 
 class CompiledStep:
@@ -73,19 +73,19 @@ class CompiledStep:
             self._compiled[device.type] = torch.compile(_step, **{**defaults, **self.options})
         return self._compiled[device.type]
 
-    def __call__(self, ctm: ContinuousThoughtMachine, features: torch.Tensor, traces: Traces,
-                 episode_starts: torch.Tensor, features_projected: bool = False) -> tuple[torch.Tensor, Traces]:
+    def __call__(self, ctm: ContinuousThoughtMachine, projected: torch.Tensor, traces: Traces,
+                 episode_starts: torch.Tensor) -> tuple[torch.Tensor, Traces]:
         """As :meth:`ContinuousThoughtMachine.step`."""
         # Shapes and strides are guarded: the first step's traces arrive in RecurrentPPO's layout, later ones in
         # the step's own; making both contiguous keeps one graph instead of two.
-        features, episode_starts = features.contiguous(), episode_starts.contiguous()
+        projected, episode_starts = projected.contiguous(), episode_starts.contiguous()
         traces = (traces[0].contiguous(), traces[1].contiguous())
-        on_cuda = features.device.type == "cuda"
+        on_cuda = projected.device.type == "cuda"
         if on_cuda:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs have been copied out
         try:
-            function = self._function(features.device)
-            synchronisation, (pre, post) = function(ctm, features, traces, episode_starts, features_projected)
+            function = self._function(projected.device)
+            synchronisation, (pre, post) = function(ctm, projected, traces, episode_starts)
         except torch._dynamo.exc.TorchDynamoException as error:
             summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(

@@ -1,0 +1,93 @@
+"""The CTM's hyperparameters: one typed, frozen config with the one set of defaults, validated on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ctm_rl.errors import ConfigError
+
+NEURON_SELECTIONS = ("first-last", "random", "random-pairing")
+"""Ways of choosing the neuron pairs of the output synchronisation."""
+MAX_DECAY = 4.0
+"""Upper clamp of the learned synchronisation decay rates (the RL reference's)."""
+
+
+def synchronisation_size(n_synch: int, neuron_select: str) -> int:
+    """Number of synchronisation values (neuron pairs) for a selection.
+
+    :param n_synch: number of neurons on each side of the pairs.
+    :param neuron_select: one of :data:`NEURON_SELECTIONS`.
+    """
+    return n_synch if neuron_select == "random-pairing" else n_synch * (n_synch + 1) // 2
+
+
+@dataclass(frozen=True)
+class CtmConfig:
+    """Hyperparameters of a :class:`~ctm_rl.model.ctm.ContinuousThoughtMachine` (the input width aside).
+
+    Creating one checks every field and raises :class:`ConfigError` naming the first bad one and its fix.
+    """
+
+    d_model: int = 128
+    """Number of neurons ``D``."""
+    ticks: int = 1
+    """Internal ticks per environment step ``T``."""
+    memory_length: int = 10
+    """Length ``M`` of the pre- and post-activation traces each neuron-level model and the synchronisation read."""
+    nlm_hidden: int = 4
+    """Hidden width of the deep neuron-level models (``M -> 2H -GLU-> H -> 2 -GLU-> 1``); 0 for shallow ones
+    (``M -> 2 -GLU-> 1``)."""
+    synapse_depth: int = 1
+    """1: two ``Linear -> GLU -> LayerNorm`` blocks; more: a U-Net of that many widths."""
+    n_synch_out: int = 16
+    """Neurons on each side of the output synchronisation pairs."""
+    neuron_select: str = "first-last"
+    """Pair selection, one of :data:`NEURON_SELECTIONS`."""
+    initial_decay: float = 3.0
+    """Starting decay rate of every output pair, in ``[0, MAX_DECAY]``. The reference starts at 0, an even
+    average over the window; 3 starts the output on the newest columns (a deviation, see the README)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "ticks", "memory_length", "synapse_depth", "n_synch_out"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: pass {name}=1 or more.")
+        if not _is_int(self.nlm_hidden) or self.nlm_hidden < 0:
+            raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {self.nlm_hidden!r}.")
+        if self.n_synch_out > self.d_model:
+            raise ConfigError(
+                f"n_synch_out ({self.n_synch_out}) cannot exceed d_model ({self.d_model}): the synchronised neurons "
+                f"are drawn from the model's neurons. Fix: lower n_synch_out to at most {self.d_model} or raise "
+                f"d_model."
+            )
+        if self.neuron_select not in NEURON_SELECTIONS:
+            raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, "
+                              f"got {self.neuron_select!r}.")
+        if isinstance(self.initial_decay, bool) or not isinstance(self.initial_decay, (int, float)) \
+                or not 0.0 <= self.initial_decay <= MAX_DECAY:
+            raise ConfigError(f"initial_decay must be a number in the decay clamp range [0, {MAX_DECAY:g}], "
+                              f"got {self.initial_decay!r}.")
+
+    @property
+    def output_size(self) -> int:
+        """Width of the synchronisation output: the number of neuron pairs."""
+        return synchronisation_size(self.n_synch_out, self.neuron_select)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The field names, in order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> CtmConfig:
+        """The config of the CTM keys in ``values`` (other keys are ignored), defaults for the rest."""
+        return cls(**{key: values[key] for key in cls.keys() if key in values})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
