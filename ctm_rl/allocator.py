@@ -2,11 +2,9 @@
 
 With glibc's defaults, a freed block larger than the mmap threshold, and free memory at the top of the heap
 beyond the trim threshold, go back to the OS, and the next allocation of that size faults its pages in
-again. A CTM rollout step allocates and frees trace-sized tensors (about a megabyte each on CartPole) every
-env step, and ran two to three times slower that way than with the memory kept in the process (one
-process, interleaved, best of four: 0.92 s against 2.67 s for 40 steps of 256 envs; the LSTM's rollout did
-not change measurably). Peak memory is unchanged; the process keeps what it has freed instead of returning
-it.
+again. A CTM rollout step allocates and frees trace-sized tensors every env step, so the training and
+benchmark commands keep freed memory in the process instead (``docs/performance.md`` has the measured
+difference). Peak memory is unchanged; the process keeps what it has freed instead of returning it.
 """
 
 from __future__ import annotations

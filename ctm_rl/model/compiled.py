@@ -4,10 +4,8 @@ A rollout step of the CTM is a few dozen small kernels (synapses, neuron-level m
 for every tick) on a batch of one step per environment. On a GPU, launching them one by one can cost more
 than running them; a CUDA graph launches them all at once. ``torch.compile`` with ``mode="reduce-overhead"``
 records one, provided the step is a single graph with fixed shapes, which is what
-:meth:`ContinuousThoughtMachine.step` is written to be. On CPU, compilation fuses the element-wise work; on
-the 2-core development machine that took 15 to 33% off a step after 46 to 81 s of compilation, too little next
-to env stepping and the update to be worth it, so it is off by default everywhere (see
-``docs/performance.md``).
+:meth:`ContinuousThoughtMachine.step` is written to be. On CPU, compilation fuses the element-wise work. It is
+off by default everywhere; ``docs/performance.md`` has what it gains and costs.
 
 CUDA graphs replay into the same output memory every time, so the outputs of one step would be overwritten
 by the next while ``RecurrentPPO`` still holds them (it writes the previous step's traces to its buffer after

@@ -2,22 +2,19 @@
 
 Each tick appends one column of pre-activations, and the neuron-level models read the newest ``M`` columns.
 Built the plain way (drop the oldest column, append the new one), every tick copies the whole window into a
-new ``(D, M, B)`` trace, and autograd keeps every one of them until the backward pass, which turns each
-window's gradient back into column gradients with one more copy. A CartPole replay minibatch with 5 ticks
-(``M = 50``) kept 781 MiB of windows that way.
+new ``(D, M, B)`` trace, and autograd keeps every one of them until the backward pass.
 
-A tape holds the history once, ``(D, M + capacity, B)`` (57 to 73 MiB for those minibatches), and the window
-of tick ``k`` is the view ``[:, k + 1 : k + 1 + M]``. Autograd cannot follow writes into a buffer that earlier
-products read, so the first layer of the neuron-level models runs as one autograd function per tick
-(:class:`_WindowProduct`), whose backward pass adds its window's gradient into a gradient tape of the same
-shape. The backward pass runs the ticks newest first, and a column is read only by the ticks from the one that
-appended it on, so when a tick's backward runs, the gradient of the column it appended is complete and goes to
-the synapses that produced it.
+A tape holds the history once, ``(D, M + capacity, B)``, and the window of tick ``k`` is the view
+``[:, k + 1 : k + 1 + M]``. Autograd cannot follow writes into a buffer that earlier products read, so the
+first layer of the neuron-level models runs as one autograd function per tick (:class:`_WindowProduct`), whose
+backward pass adds its window's gradient into a gradient tape of the same shape. The backward pass runs the
+ticks newest first, and a column is read only by the ticks from the one that appended it on, so when a tick's
+backward runs, the gradient of the column it appended is complete and goes to the synapses that produced it.
 
 Without autograd nothing is kept for a backward pass, and the plain way costs less: one copy of the window per
 tick, against the tape's two per call (the initial trace in, the final window out).
 :class:`PreActivationWindow` is that plain history with the tape's interface; :func:`pre_activation_history`
-picks one of the two.
+picks one of the two. ``docs/performance.md`` has the memory this saves.
 """
 
 from __future__ import annotations
