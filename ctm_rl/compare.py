@@ -92,7 +92,8 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         evaluations = {"step": data["timesteps"].tolist(), "return_mean": returns.mean(axis=1).tolist(),
                        "return_std": returns.std(axis=1).tolist(), "length_mean": lengths.mean(axis=1).tolist(),
                        "wall_time_s": data["wall_time"].tolist(), "train_time_s": data["train_time"].tolist(),
-                       "returns": returns.tolist()}
+                       "returns": returns.tolist(),
+                       "time_limit_fraction": data["time_limit_fraction"].tolist()}
     # Throughput over training alone, up to the last evaluation (the evaluations' own time is left out).
     steps, train_time = (evaluations["step"][-1], evaluations["train_time_s"][-1]) if evaluations["step"] else (
         model.num_timesteps, wall_time)

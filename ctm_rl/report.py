@@ -136,7 +136,9 @@ def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                              "return_std": e["return_std"][i], "length_mean": e["length_mean"][i],
                              "episodes": len(e["returns"][i]), "wall_time_s": round(e["wall_time_s"][i], 3),
                              "train_time_s": round(e["train_time_s"][i], 3),
-                             "steps_per_second": round(step / e["train_time_s"][i], 1)})
+                             "steps_per_second": round(step / e["train_time_s"][i], 1),
+                             # Records written before the time-limit share was recorded have none.
+                             "time_limit_fraction": (e.get("time_limit_fraction") or [None] * len(e["step"]))[i]})
     return rows
 
 

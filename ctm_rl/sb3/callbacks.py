@@ -7,13 +7,28 @@ from pathlib import Path
 
 import numpy as np
 from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.vec_env import VecEnv
+
+
+def episode_step_limit(venv: VecEnv) -> int | None:
+    """The episode step limit of a vectorised environment's first env: MiniGrid's ``max_steps``, else the
+    ``TimeLimit`` of its spec; ``None`` if it has neither."""
+    try:
+        return int(venv.get_attr("max_steps", [0])[0])
+    except AttributeError:
+        pass
+    spec = venv.get_attr("spec", [0])[0]
+    return None if spec is None or spec.max_episode_steps is None else int(spec.max_episode_steps)
 
 
 class TimedEvalCallback(EvalCallback):
     """SB3's ``EvalCallback`` that adds two arrays to ``evaluations.npz``, one entry per evaluation:
 
     - ``wall_time``: seconds since training started, evaluations included;
-    - ``train_time``: the same without the time spent evaluating, for throughput figures.
+    - ``train_time``: the same without the time spent evaluating, for throughput figures;
+    - ``time_limit_fraction``: the share of the episodes that ran into the episode step limit, the mark of a
+      deterministic policy that loops (also logged as ``eval/time_limit_fraction``; NaN where the evaluation
+      environments have no known limit).
 
     A resumed run loads its earlier evaluations with :meth:`load_previous` and continues both clocks.
     Takes ``EvalCallback``'s arguments.
@@ -23,6 +38,7 @@ class TimedEvalCallback(EvalCallback):
         super().__init__(*args, **kwargs)
         self.evaluations_wall_time: list[float] = []
         self.evaluations_train_time: list[float] = []
+        self.evaluations_time_limit: list[float] = []
         self._started = 0.0
         self._evaluating = 0.0
         self._offset = (0.0, 0.0)
@@ -36,6 +52,8 @@ class TimedEvalCallback(EvalCallback):
             if "wall_time" in data:
                 self.evaluations_wall_time = list(data["wall_time"])
                 self.evaluations_train_time = list(data["train_time"])
+            self.evaluations_time_limit = list(data["time_limit_fraction"]) if "time_limit_fraction" in data else (
+                [float("nan")] * len(self.evaluations_timesteps))
         if self.evaluations_wall_time:
             self._offset = (self.evaluations_wall_time[-1], self.evaluations_train_time[-1])
 
@@ -53,6 +71,10 @@ class TimedEvalCallback(EvalCallback):
             self._evaluating += finished - began
             self.evaluations_wall_time.append(self._offset[0] + finished - self._started)
             self.evaluations_train_time.append(self._offset[1] + elapsed)
+            limit = episode_step_limit(self.eval_env)
+            lengths = np.asarray(self.evaluations_length[-1])
+            self.evaluations_time_limit.append(float(np.mean(lengths >= limit)) if limit else float("nan"))
+            self.logger.record("eval/time_limit_fraction", self.evaluations_time_limit[-1])
             if self.log_path is not None:
                 self._save()
         return continue_training
@@ -61,4 +83,4 @@ class TimedEvalCallback(EvalCallback):
         extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
         np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
                  ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
-                 train_time=self.evaluations_train_time, **extra)
+                 train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)

@@ -25,6 +25,7 @@ from ctm_rl.errors import ConfigError
 from ctm_rl.model.compiled import CompiledStep, CompileOption, check_compile_option
 from ctm_rl.model.config import CtmConfig
 from ctm_rl.model.ctm import ContinuousThoughtMachine
+from ctm_rl.sb3.diagnostics import OutputScale
 from ctm_rl.sb3.encoders import ObservationEncoder
 
 _CTM_DEFAULTS = CtmConfig()
@@ -153,6 +154,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             share_features_extractor, normalize_images, optimizer_class, optimizer_kwargs,
         )
         self.lstm_hidden_state_shape = (1, 1, self.ctm.trace_size)
+        self.output_scale = OutputScale()
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The CTMs must exist before the parent builds the optimizer over all parameters.
@@ -240,6 +242,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         features = BaseModel.extract_features(self, obs, extractor) if shared_features else None
         projected = self._ctm_input(obs, extractor, self.ctm) if features is None else self.ctm.project(features)
         latent_pi, traces_pi = self._run_ctm(self.ctm, projected, states.pi, episode_starts, lengths, rollout)
+        if rollout:
+            self.output_scale.add(latent_pi)
         if self.critic_ctm is None:
             latent_vf, traces_vf = latent_pi, traces_pi
         else:
@@ -250,6 +254,15 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         latent_pi = self.mlp_extractor.forward_actor(self.output_norm(latent_pi))
         latent_vf = self.mlp_extractor.forward_critic(self.critic_output_norm(latent_vf))
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
+
+    def diagnostics(self) -> dict[str, float]:
+        """The synchronisation's scale over the rollout steps since the last call (``sync_abs_mean``,
+        ``sync_rms``) and the actor CTM's decay rates (``decay_mean``, ``decay_min``, ``decay_max``)."""
+        rates = self.ctm.synchronisation.rates().detach()
+        summary = {**self.output_scale.summary(), "decay_mean": float(rates.mean()), "decay_min": float(rates.min()),
+                   "decay_max": float(rates.max())}
+        self.output_scale.reset()
+        return summary
 
     # --- The hooks RecurrentPPO calls ---------------------------------------------------------------------
 

@@ -14,11 +14,23 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
+from ctm_rl.sb3.diagnostics import GradientNorms
 from ctm_rl.sb3.policy import CtmPolicy
 
 
 class CtmPPO(RecurrentPPO):
-    """``RecurrentPPO`` with packed CTM replay and shared traces stored once (see the module docstring)."""
+    """``RecurrentPPO`` with packed CTM replay and shared traces stored once (see the module docstring), which
+    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` with each update, for any recurrent policy."""
+
+    def train(self) -> None:
+        norms = GradientNorms(self.policy, self.policy.optimizer, self.logger.record_mean)
+        try:
+            super().train()
+        finally:
+            norms.remove()
+        if isinstance(self.policy, CtmPolicy):
+            for key, value in self.policy.diagnostics().items():
+                self.logger.record(f"ctm/{key}", value)
 
     def _setup_model(self) -> None:
         super()._setup_model()

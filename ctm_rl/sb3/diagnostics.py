@@ -1,0 +1,106 @@
+"""Training diagnostics that SB3 does not log, recorded through its logger (and so to TensorBoard).
+
+- ``grad_norm/<part>``: the gradient norm of each part of the policy (:func:`parameter_part`), before gradient
+  clipping, averaged over the update's minibatches; for CTM and LSTM policies alike.
+- ``ctm/sync_abs_mean``, ``ctm/sync_rms``: the scale of the CTM's output synchronisation over the last rollout
+  (what the actor and critic heads read).
+- ``ctm/decay_mean``, ``ctm/decay_min``, ``ctm/decay_max``: the synchronisation's decay rates in use.
+
+SB3's own ``train/`` keys already cover the policy entropy, explained variance, value loss, approximate KL
+and clip fraction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# Prefixes of parameter names (as ``named_parameters`` gives them) and the part each belongs to; first match wins.
+_PARTS = (
+    (("features_extractor.", "pi_features_extractor.", "vf_features_extractor."), "encoder"),
+    (("ctm.synapses.", "critic_ctm.synapses."), "synapses"),
+    (("ctm.nlms.", "critic_ctm.nlms."), "nlms"),
+    (("ctm.synchronisation.", "critic_ctm.synchronisation."), "decay"),
+    (("ctm.start_", "critic_ctm.start_"), "start_traces"),
+    (("lstm_actor.", "lstm_critic."), "lstm"),
+    (("output_norm.", "critic_output_norm."), "output_norm"),
+    (("mlp_extractor.policy_net.", "action_net.", "log_std"), "actor_head"),
+    (("mlp_extractor.value_net.", "value_net.", "critic."), "critic_head"),
+)
+
+
+def parameter_part(name: str) -> str:
+    """The part of a policy a parameter belongs to: ``encoder``, ``synapses``, ``nlms``, ``decay``,
+    ``start_traces``, ``lstm``, ``output_norm``, ``actor_head``, ``critic_head``, else its first name component."""
+    for prefixes, part in _PARTS:
+        if name.startswith(prefixes):
+            return part
+    return name.split(".")[0]
+
+
+class GradientNorms:
+    """Records each part's gradient norm before clipping, once per optimizer step, as a mean over the update.
+
+    Every parameter's squared gradient norm is added up as backward produces it; the optimizer's step pre-hook
+    turns the sums into norms and records them. :meth:`remove` detaches the hooks.
+
+    :param policy: the policy whose parameters are watched.
+    :param optimizer: its optimizer.
+    :param record_mean: ``logger.record_mean``-like function, called as ``record_mean(key, value)``.
+    """
+
+    def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer,
+                 record_mean: Callable[[str, float], Any]) -> None:
+        self.record_mean = record_mean
+        self.squares: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        self.handles = [optimizer.register_step_pre_hook(self._flush)]
+        seen: set[int] = set()
+        for name, parameter in policy.named_parameters():
+            if parameter.requires_grad and id(parameter) not in seen:
+                seen.add(id(parameter))
+                self.handles.append(parameter.register_post_accumulate_grad_hook(self._accumulator(parameter_part(name))))
+
+    def _accumulator(self, part: str) -> Callable[[torch.Tensor], None]:
+        def accumulate(parameter: torch.Tensor) -> None:
+            self.squares[part] = self.squares[part].to(parameter.grad.device) + parameter.grad.detach().square().sum()
+        return accumulate
+
+    def _flush(self, *_: Any) -> None:
+        for part, square in self.squares.items():
+            self.record_mean(f"grad_norm/{part}", float(square.sqrt()))
+        self.squares.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class OutputScale:
+    """Running sums of a batch of outputs' absolute values and squares, read and reset once per rollout.
+
+    Kept as tensors so that adding a step costs no device synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.abs_sum: torch.Tensor | float = 0.0
+        self.square_sum: torch.Tensor | float = 0.0
+        self.count = 0
+
+    def add(self, outputs: torch.Tensor) -> None:
+        """:param outputs: ``(N, P)``."""
+        self.abs_sum = self.abs_sum + outputs.detach().abs().sum()
+        self.square_sum = self.square_sum + outputs.detach().square().sum()
+        self.count += outputs.numel()
+
+    def summary(self) -> dict[str, float]:
+        """``{"sync_abs_mean", "sync_rms"}`` over what was added; empty if nothing was."""
+        if not self.count:
+            return {}
+        return {"sync_abs_mean": float(self.abs_sum) / self.count,
+                "sync_rms": (float(self.square_sum) / self.count) ** 0.5}

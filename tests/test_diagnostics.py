@@ -1,0 +1,98 @@
+"""Training diagnostics logged through SB3's logger: per-part gradient norms, the synchronisation's scale, the
+decay rates, and the share of evaluation episodes that hit the step limit."""
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.logger import KVWriter, Logger
+
+from ctm_rl import CtmPolicy, CtmPPO, make_env
+from ctm_rl.sb3.diagnostics import parameter_part
+from ctm_rl.sb3.lstm import lstm_policy_kwargs
+
+
+class Recorder(KVWriter):
+    def __init__(self):
+        self.dumps = []
+
+    def write(self, key_values, key_excluded, step=0):
+        self.dumps.append(dict(key_values))
+
+
+def _trained(policy_class, policy_kwargs, **algo):
+    env = make_env("CartPole-NoVel", n_envs=4, seed=0)
+    # One minibatch per update and no clipping: the last minibatch's gradients are the ones recorded.
+    model = CtmPPO(policy_class, env, n_steps=16, batch_size=64, n_epochs=1, max_grad_norm=1e9, seed=0,
+                   policy_kwargs=policy_kwargs, **algo)
+    recorder = Recorder()
+    model.set_logger(Logger(None, [recorder]))
+    model.learn(128)
+    model.logger.dump(model.num_timesteps)  # learn dumps before each update; this writes the last one's records
+    return model, recorder.dumps[-1]
+
+
+def _part_norms(policy):
+    squares = {}
+    for name, parameter in policy.named_parameters():
+        if parameter.grad is not None:
+            part = parameter_part(name)
+            squares[part] = squares.get(part, 0.0) + float(parameter.grad.square().sum())
+    return {part: value ** 0.5 for part, value in squares.items()}
+
+
+def test_ctm_update_logs_each_parts_gradient_norm_and_the_synchronisation():
+    model, logged = _trained(CtmPolicy, dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3))
+    expected = _part_norms(model.policy)
+    assert set(expected) == {"encoder", "synapses", "nlms", "decay", "start_traces", "actor_head", "critic_head"}
+    for part, norm in expected.items():
+        assert logged[f"grad_norm/{part}"] == pytest.approx(norm, rel=1e-4)
+    rates = model.policy.ctm.synchronisation.rates().detach()
+    assert logged["ctm/decay_mean"] == pytest.approx(float(rates.mean()))
+    assert logged["ctm/decay_min"] <= logged["ctm/decay_mean"] <= logged["ctm/decay_max"]
+    assert 0 < logged["ctm/sync_abs_mean"] <= logged["ctm/sync_rms"]
+
+
+def test_the_synchronisation_scale_is_that_of_the_last_rollout():
+    """With nothing learned (learning rate 0), the rollout's outputs are those of a replay of its observations
+    from the learned start traces, episode starts included."""
+    env = make_env("CartPole-NoVel", n_envs=1, seed=0)
+    model = CtmPPO(CtmPolicy, env, n_steps=40, batch_size=40, n_epochs=1, learning_rate=0.0, seed=0,
+                   policy_kwargs=dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3))
+    recorder = Recorder()
+    model.set_logger(Logger(None, [recorder]))
+    model.learn(40)
+    model.logger.dump(model.num_timesteps)
+    logged = recorder.dumps[-1]
+    buffer, policy = model.rollout_buffer, model.policy
+    obs = torch.as_tensor(buffer.observations.reshape(40, -1))
+    starts = torch.as_tensor(buffer.episode_starts.reshape(40)).clone()
+    starts[0] = 1.0  # the run's first step starts from the learned start traces
+    with torch.no_grad():
+        projected = policy._ctm_input(obs, policy.pi_features_extractor, policy.ctm)
+        start = tuple(trace.permute(2, 0, 1).reshape(1, 1, -1).contiguous() for trace in policy.ctm.start_traces(1))
+        sync, _ = policy._run_ctm(policy.ctm, projected, start, starts)
+    assert logged["ctm/sync_abs_mean"] == pytest.approx(float(sync.abs().mean()), rel=1e-4)
+    assert logged["ctm/sync_rms"] == pytest.approx(float(sync.square().mean().sqrt()), rel=1e-4)
+
+
+def test_lstm_update_logs_the_same_gradient_norms_without_ctm_keys():
+    model, logged = _trained(RecurrentActorCriticPolicy, lstm_policy_kwargs(16, d_input=8))
+    expected = _part_norms(model.policy)
+    assert {"encoder", "lstm", "actor_head", "critic_head"} <= set(expected)
+    for part, norm in expected.items():
+        assert logged[f"grad_norm/{part}"] == pytest.approx(norm, rel=1e-4)
+    assert not any(key.startswith("ctm/") for key in logged)
+
+
+def test_evaluations_record_the_share_of_episodes_at_the_step_limit(tmp_path):
+    import ctm_rl.train as train_module
+
+    assert train_module.main(["--log-dir", str(tmp_path), "--timesteps", "64", "--n-envs", "2", "--max-steps", "5",
+                              "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16",
+                              "d_input=8", "n_synch_out=4", "--eval-freq", "32", "--eval-episodes", "2",
+                              "--checkpoint-freq", "0", "--no-progress-bar"]) == 0
+    with np.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "eval" / "evaluations.npz") as evaluations:
+        lengths = evaluations["ep_lengths"]
+        assert evaluations["time_limit_fraction"].tolist() == (lengths >= 5).mean(axis=1).tolist()
+        assert evaluations["time_limit_fraction"].tolist() == [1.0, 1.0]  # CartPole cannot fall within 5 steps
