@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
@@ -25,7 +25,7 @@ from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.sb3.callbacks import TimedEvalCallback
-from ctm_rl.sb3.checkpoints import latest_checkpoint, load_agent
+from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
 
 CONFIG_FILE, COMMAND_FILE, MODEL_FILE = "config.yaml", "command.txt", "model.zip"
@@ -87,7 +87,9 @@ def new_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path) -> list[BaseCallback]:
+def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed_at: int | None = None
+                   ) -> list[BaseCallback]:
+    """Checkpoints and evaluations; ``resumed_at`` (the resumed model's steps) continues earlier evaluations."""
     callbacks: list[BaseCallback] = []
     if config.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(max(config.checkpoint_freq // config.n_envs, 1),
@@ -100,29 +102,34 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path) -> list
                                        log_path=str(run_dir / "eval"), best_model_save_path=str(run_dir / "eval"),
                                        verbose=0)
         previous = run_dir / "eval" / "evaluations.npz"
-        if previous.exists():  # a resumed run appends to its earlier evaluations
-            evaluation.load_previous(previous)
+        if resumed_at is not None and previous.exists():
+            evaluation.load_previous(previous, up_to=resumed_at)
         callbacks.append(evaluation)
     return callbacks
 
 
-def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume_from: Path | None = None) -> RecurrentPPO:
-    """Train (or continue training) and save ``model.zip``; Ctrl-C saves what was learned so far.
+def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = False) -> RecurrentPPO:
+    """Train (or continue training) and save ``model.zip``; Ctrl-C saves what was learned so far, and the
+    returned model then has fewer steps than ``config.timesteps``.
 
     :param config: the run's configuration.
     :param env: the resolved environment.
     :param run_dir: the run folder.
-    :param resume_from: checkpoint to continue from, or ``None`` for a new model.
+    :param resume: continue from the run's newest readable save (``model.zip`` or a checkpoint, whichever holds
+        the most steps), appending to its monitor files and evaluations.
     """
     venv = make_env(env, n_envs=config.n_envs, seed=config.seed, vec_env=config.vec_env,
-                    monitor_dir=str(run_dir / "monitor"), max_steps=config.max_steps, env_kwargs=config.env_kwargs)
+                    monitor_dir=str(run_dir / "monitor"), max_steps=config.max_steps, env_kwargs=config.env_kwargs,
+                    append_monitor=resume)
     try:
-        if resume_from is None:
+        if not resume:
             policy_class, policy_kwargs = config.policy_and_kwargs()
             model = CtmPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed, device=config.device,
                            tensorboard_log=str(run_dir / "tb"), verbose=0, **config.algo_arguments())
         else:
-            model = load_agent(resume_from, env=venv, device=config.device)
+            model, source = load_newest(run_dir, env=venv, device=config.device,
+                                        warn=lambda line: print(line, file=sys.stderr))
+            print(f"Resuming from {source.relative_to(run_dir)} ({model.num_timesteps} steps).")
             model.tensorboard_log = str(run_dir / "tb")
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         remaining = config.timesteps - model.num_timesteps
@@ -130,8 +137,8 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume_from: Pat
             print(f"Run already has {model.num_timesteps} of {config.timesteps} steps; nothing to do.")
             return model
         try:
-            model.learn(remaining, callback=make_callbacks(config, env, run_dir), tb_log_name="ppo",
-                        reset_num_timesteps=resume_from is None, progress_bar=config.progress_bar)
+            model.learn(remaining, callback=make_callbacks(config, env, run_dir, model.num_timesteps if resume else None),
+                        tb_log_name="ppo", reset_num_timesteps=not resume, progress_bar=config.progress_bar)
         except KeyboardInterrupt:
             print(f"\nInterrupted at {model.num_timesteps} steps; saving the model.", file=sys.stderr)
         model.save(run_dir / MODEL_FILE)
@@ -141,6 +148,50 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume_from: Pat
         venv.close()
 
 
+def run_summary(run_dir: Path) -> str:
+    """One line on a finished run: its last and best evaluation and its folder."""
+    path = run_dir / "eval" / "evaluations.npz"
+    if not path.exists():
+        return f"No evaluation (--eval-freq 0). Run folder: {run_dir}"
+    with np.load(path) as data:
+        steps, results = data["timesteps"], data["results"]
+    if not len(steps):
+        return f"No evaluation yet. Run folder: {run_dir}"
+    means = results.mean(axis=1)
+    best = int(np.argmax(means))
+    return (f"Final evaluation: {means[-1]:.4g} ± {results[-1].std():.3g} over {results.shape[1]} episodes at "
+            f"{int(steps[-1]):,} steps; best {means[best]:.4g} at {int(steps[best]):,}. Run folder: {run_dir}")
+
+
+# What --resume may change; every other flag is the run's own, recorded in its config.yaml.
+_RESUMABLE = {"resume", "timesteps", "device", "no_progress_bar"}
+
+
+def resumed_config(run_dir: Path, args: argparse.Namespace, argv: list[str]) -> tuple[TrainConfig, ResolvedEnv]:
+    """The configuration of a run folder, with what ``--resume`` may change (``--timesteps``, ``--device``,
+    ``--no-progress-bar``) applied.
+
+    :raises ConfigError: if the folder is not a run folder, or other flags were given.
+    """
+    if not (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}; --resume takes a run folder made by this command.")
+    defaults = vars(build_parser().parse_args([]))
+    changed = sorted(name for name, value in vars(args).items() if name not in _RESUMABLE and value != defaults[name])
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise ConfigError(f"--resume continues a run with its own settings; {flags} cannot change. Fix: drop "
+                          f"{flags}, or start a new run.")
+    try:
+        config = TrainConfig.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    except (yaml.YAMLError, TypeError) as error:
+        raise ConfigError(f"{run_dir / CONFIG_FILE} is damaged ({error}). Fix: restore it, or start a new run.") from None
+    if args.timesteps is not None:
+        config.timesteps = args.timesteps
+    config.device, config.progress_bar = args.device, not args.no_progress_bar
+    config.validate()
+    return config, resolve_env(config.env, config.mask_velocity, config.env_module)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -148,28 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            if not (run_dir / CONFIG_FILE).exists():
-                raise ConfigError(f"{run_dir} has no {CONFIG_FILE}; --resume takes a run folder made by this command.")
-            config = TrainConfig.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-            if args.timesteps is not None:
-                config.timesteps = args.timesteps
-            config.device, config.progress_bar = args.device, not args.no_progress_bar
-            env = resolve_env(config.env, config.mask_velocity, config.env_module)
-            checkpoint = latest_checkpoint(run_dir)
-            if checkpoint is None:
-                raise ConfigError(f"{run_dir} holds no checkpoint or {MODEL_FILE} to resume from.")
-            print(f"Resuming {run_dir} from {checkpoint.name}.")
+            config, env = resumed_config(run_dir, args, argv)
         else:
             config, env = config_from_args(args)
-            run_dir, checkpoint = new_run_dir(config), None
+            run_dir = new_run_dir(config)
         with open(run_dir / COMMAND_FILE, "a") as command:
             command.write(shlex.join([sys.executable, "-m", "ctm_rl.train", *argv]) + "\n")
         print(f"Run folder: {run_dir}")
-        train(config, env, run_dir, checkpoint)
+        model = train(config, env, run_dir, resume=bool(args.resume))
     except CtmRlError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    print(run_summary(run_dir))
+    return 130 if model.num_timesteps < config.timesteps else 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def make_env(
     env_kwargs: dict[str, Any] | None = None,
     mask_velocity: bool = False,
     env_module: str | None = None,
+    append_monitor: bool = False,
 ) -> VecEnv:
     """A vectorised, Monitor-wrapped environment by name.
 
@@ -71,6 +72,8 @@ def make_env(
     :param env_kwargs: keyword arguments for the environment's constructor.
     :param mask_velocity: zero velocity entries (CartPole, Acrobot).
     :param env_module: module imported first so that it registers its ids.
+    :param append_monitor: append to the Monitor CSVs already in ``monitor_dir`` (a resumed run) instead of
+        replacing them.
     """
     if vec_env not in VEC_ENV_CLASSES:
         raise ConfigError(f"vec_env must be one of {', '.join(VEC_ENV_CLASSES)}, got {vec_env!r}.")
@@ -84,4 +87,5 @@ def make_env(
         monitor_dir=monitor_dir,
         vec_env_cls=VEC_ENV_CLASSES[vec_env],
         env_kwargs=dict(env=resolved, max_steps=max_steps, env_kwargs=env_kwargs),
+        monitor_kwargs={"override_existing": not append_monitor},
     )

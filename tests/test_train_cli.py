@@ -56,9 +56,9 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
     assert len((run_dir / "command.txt").read_text().splitlines()) == 2
 
 
-def test_ctrl_c_saves_what_was_learned(tmp_path, monkeypatch):
+def test_ctrl_c_saves_what_was_learned_and_exits_130(tmp_path, monkeypatch):
     interrupt_training_at(monkeypatch, 40)
-    assert run(tmp_path, "--timesteps", "1000", *TINY) == 0
+    assert run(tmp_path, "--timesteps", "1000", *TINY) == 130
     assert RecurrentPPO.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "model.zip").num_timesteps == 40
 
 

@@ -43,17 +43,27 @@ class TimedEvalCallback(EvalCallback):
         self._evaluating = 0.0
         self._offset = (0.0, 0.0)
 
-    def load_previous(self, path: Path) -> None:
-        """Append to the evaluations already in ``path`` (an ``evaluations.npz``) instead of starting anew."""
+    def load_previous(self, path: Path, up_to: int) -> None:
+        """Continue the evaluations already in ``path`` (an ``evaluations.npz``) instead of starting anew.
+
+        Evaluations after ``up_to`` steps (the resumed model's) were of a model state that was not saved and are
+        made again, so they are dropped: timesteps keep increasing. ``best_model.zip`` is only replaced by an
+        evaluation better than every earlier one, dropped ones included (the file may hold one of those).
+        """
         with np.load(path) as data:
-            self.evaluations_timesteps = list(data["timesteps"])
-            self.evaluations_results = [list(r) for r in data["results"]]
-            self.evaluations_length = [list(r) for r in data["ep_lengths"]]
-            if "wall_time" in data:
-                self.evaluations_wall_time = list(data["wall_time"])
-                self.evaluations_train_time = list(data["train_time"])
-            self.evaluations_time_limit = list(data["time_limit_fraction"]) if "time_limit_fraction" in data else (
-                [float("nan")] * len(self.evaluations_timesteps))
+            timesteps = list(data["timesteps"])
+            results = [list(r) for r in data["results"]]
+            lengths = [list(r) for r in data["ep_lengths"]]
+            wall_time = list(data["wall_time"]) if "wall_time" in data else [float("nan")] * len(timesteps)
+            train_time = list(data["train_time"]) if "train_time" in data else [float("nan")] * len(timesteps)
+            time_limit = (list(data["time_limit_fraction"]) if "time_limit_fraction" in data
+                          else [float("nan")] * len(timesteps))
+        if results:
+            self.best_mean_reward = max(float(np.mean(r)) for r in results)
+        kept = sum(step <= up_to for step in timesteps)
+        self.evaluations_timesteps, self.evaluations_results = timesteps[:kept], results[:kept]
+        self.evaluations_length, self.evaluations_wall_time = lengths[:kept], wall_time[:kept]
+        self.evaluations_train_time, self.evaluations_time_limit = train_time[:kept], time_limit[:kept]
         if self.evaluations_wall_time:
             self._offset = (self.evaluations_wall_time[-1], self.evaluations_train_time[-1])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -16,15 +17,54 @@ from ctm_rl.sb3.ppo import CtmPPO
 _STEPS = re.compile(r"_(\d+)_steps\.zip$")
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the most steps in ``run_dir/checkpoints``, else ``run_dir/model.zip``, else None."""
-    checkpoints = sorted(
-        (int(m.group(1)), path) for path in (run_dir / "checkpoints").glob("*.zip") if (m := _STEPS.search(path.name))
-    )
-    if checkpoints:
-        return checkpoints[-1][1]
-    model = run_dir / "model.zip"
-    return model if model.exists() else None
+def saved_steps(path: Path) -> int:
+    """The environment steps a model ``.zip`` was saved at, read from its JSON ``data`` member (nothing is
+    unpickled).
+
+    :raises CheckpointError: if the file is not a readable model archive.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return int(json.loads(archive.read("data"))["num_timesteps"])
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path.name} is not a readable model archive ({type(error).__name__}: {error}).") from None
+
+
+def saves_newest_first(run_dir: Path) -> list[Path]:
+    """A run folder's saves, ``model.zip`` and ``checkpoints/*_steps.zip``, the most steps first. A damaged save
+    is placed by the steps in its name, and a damaged ``model.zip`` first, so that resuming reports it."""
+    saves = [path for path in (run_dir / "checkpoints").glob("*.zip") if _STEPS.search(path.name)]
+    if (run_dir / "model.zip").exists():
+        saves.append(run_dir / "model.zip")
+
+    def steps(path: Path) -> float:
+        try:
+            return saved_steps(path)
+        except CheckpointError:
+            named = _STEPS.search(path.name)
+            return int(named.group(1)) if named else float("inf")
+
+    return sorted(saves, key=steps, reverse=True)
+
+
+def load_newest(run_dir: Path, env: VecEnv | None = None, device: str = "auto",
+                warn=lambda line: None) -> tuple[RecurrentPPO, Path]:
+    """The run's newest readable save, loaded: a damaged one is skipped (``warn`` says which and why) in favour of
+    the next newest.
+
+    :raises CheckpointError: if the folder holds no readable save.
+    """
+    saves = saves_newest_first(run_dir)
+    if not saves:
+        raise CheckpointError(f"{run_dir} holds no checkpoint or model.zip to resume from.")
+    for path in saves:
+        try:
+            return load_agent(path, env=env, device=device), path
+        except CheckpointError as error:
+            if "does not match the environment" in str(error):
+                raise
+            warn(f"Skipping {path.relative_to(run_dir)}: {error}")
+    raise CheckpointError(f"No save in {run_dir} could be read ({len(saves)} tried). Fix: start a new run.")
 
 
 def load_agent(path: str | Path, env: VecEnv | None = None, device: str = "auto",

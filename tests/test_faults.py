@@ -1,0 +1,128 @@
+"""Faults and resumes: nothing a run saved is lost, and resume continues from the newest saved state."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import interrupt_training_at
+from sb3_contrib import RecurrentPPO
+
+import ctm_rl.train as train_module
+from ctm_rl.sb3.checkpoints import saved_steps
+
+TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
+        "n_synch_out=4", "memory_length=3", "--eval-episodes", "2", "--no-progress-bar"]
+
+
+def run(tmp_path, *args):
+    return train_module.main(["--log-dir", str(tmp_path), *args])
+
+
+def resume(run_dir, *args):
+    return train_module.main(["--resume", str(run_dir), "--no-progress-bar", *args])
+
+
+def _evaluations(run_dir):
+    with np.load(run_dir / "eval" / "evaluations.npz") as data:
+        return data["timesteps"].tolist(), data["results"].mean(axis=1).tolist()
+
+
+def _monitor_rows(run_dir):
+    rows = []
+    for path in sorted((run_dir / "monitor").glob("*.monitor.csv")):
+        lines = path.read_text().splitlines()[2:]  # a JSON header, then the column names
+        rows += [(path.name, line) for line in lines]
+    return rows
+
+
+def test_resume_after_ctrl_c_starts_from_the_interrupt_save_not_an_older_checkpoint(tmp_path, monkeypatch):
+    interrupt_training_at(monkeypatch, 100)
+    assert run(tmp_path, "--timesteps", "1000", "--eval-freq", "32", "--checkpoint-freq", "64", *TINY) == 130
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    assert saved_steps(run_dir / "model.zip") == 100
+    assert max(saved_steps(path) for path in (run_dir / "checkpoints").glob("*.zip")) == 64
+    monkeypatch.undo()
+    assert resume(run_dir, "--timesteps", "160") == 0
+    timesteps, _ = _evaluations(run_dir)
+    assert RecurrentPPO.load(run_dir / "model.zip").num_timesteps == 164  # 100, then two rollouts of 32
+    assert timesteps == sorted(set(timesteps)) and timesteps[:3] == [32, 64, 96] and timesteps[-1] == 164
+
+
+def test_extending_a_finished_run_keeps_its_evaluations_and_its_best_model(tmp_path, monkeypatch):
+    assert run(tmp_path, "--timesteps", "96", "--eval-freq", "32", "--checkpoint-freq", "64", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    before, means_before = _evaluations(run_dir)
+    best_before = (run_dir / "eval" / "best_model.zip").read_bytes()
+    # Make every later evaluation score lower than any earlier one: the best model must not be replaced.
+    from stable_baselines3.common import callbacks
+
+    real = callbacks.evaluate_policy
+    monkeypatch.setattr(callbacks, "evaluate_policy", lambda *a, **k: tuple(
+        [x - 1000.0 for x in value] if i == 0 else value for i, value in enumerate(real(*a, **k))))
+    assert resume(run_dir, "--timesteps", "160") == 0
+    after, means_after = _evaluations(run_dir)
+    assert after[:len(before)] == before and after == sorted(set(after)) and after[-1] == 160 > before[-1]
+    assert means_after[:len(before)] == means_before
+    assert (run_dir / "eval" / "best_model.zip").read_bytes() == best_before
+
+
+def test_a_truncated_newest_save_falls_back_to_the_one_before(tmp_path, capsys):
+    assert run(tmp_path, "--timesteps", "128", "--eval-freq", "0", "--checkpoint-freq", "64", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    for newest in (run_dir / "model.zip", run_dir / "checkpoints" / "ctm_128_steps.zip"):
+        newest.write_bytes(newest.read_bytes()[:300])
+    capsys.readouterr()
+    assert resume(run_dir, "--timesteps", "192") == 0
+    out = capsys.readouterr()
+    assert "Skipping model.zip" in out.err and "Skipping checkpoints/ctm_128_steps.zip" in out.err
+    assert "Resuming from checkpoints/ctm_64_steps.zip (64 steps)" in out.out
+    assert saved_steps(run_dir / "model.zip") == 192
+
+
+@pytest.mark.parametrize("flags", [["--n-envs", "4"], ["--hyperparams", "n_epochs=3"], ["--env", "Acrobot-v1"],
+                                   ["--agent", "lstm"]])
+def test_resume_refuses_flags_it_cannot_apply(tmp_path, capsys, flags):
+    assert run(tmp_path, "--timesteps", "32", "--eval-freq", "0", "--checkpoint-freq", "0", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    assert resume(run_dir, *flags) == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]} cannot change" in err and "Traceback" not in err
+
+
+def _readable_steps(path):
+    """Steps of a save; -1 for one the kill caught half-written (resume skips it)."""
+    from ctm_rl.errors import CheckpointError
+
+    try:
+        return saved_steps(path)
+    except CheckpointError:
+        return -1
+
+
+def test_a_run_killed_mid_training_and_resumed_loses_no_monitor_episodes(tmp_path):
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    command = [sys.executable, "-m", "ctm_rl.train", "--log-dir", str(tmp_path), "--timesteps", "100000",
+               "--eval-freq", "0", "--checkpoint-freq", "64", *TINY]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (run_dir / "checkpoints" / "ctm_192_steps.zip").exists():
+            time.sleep(0.2)
+        assert (run_dir / "checkpoints" / "ctm_192_steps.zip").exists(), "training did not reach 192 steps"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    before = _monitor_rows(run_dir)
+    newest = max(_readable_steps(path) for path in (run_dir / "checkpoints").glob("*.zip"))
+    assert len(before) > 0 and newest >= 192
+    assert resume(run_dir, "--timesteps", str(newest + 64)) == 0
+    after = _monitor_rows(run_dir)
+    assert all(row in after for row in before) and len(after) > len(before)
+    assert saved_steps(run_dir / "model.zip") == newest + 64  # at most one checkpoint interval was lost
