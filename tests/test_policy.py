@@ -9,7 +9,9 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 
-from ctm_rl import CtmPolicy, UnsupportedSpaceError
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+from ctm_rl import ConfigError, CtmPolicy, UnsupportedSpaceError
 from ctm_rl.sb3.policy import PADDING
 from ctm_rl.sb3.ppo import CtmPPO
 from ctm_rl.sb3.encoders import GridEncoder, ObservationEncoder, VectorEncoder
@@ -288,3 +290,24 @@ def test_grid_projection_is_a_saved_constructor_argument(tmp_path):
     assert model.policy.project_cells is False
     model.save(tmp_path / "model.zip")
     assert CtmPPO.load(tmp_path / "model.zip").policy.project_cells is False
+
+
+@pytest.mark.parametrize("detach_critic", [False, True])
+def test_detach_critic_keeps_the_value_loss_out_of_a_shared_ctm(detach_critic):
+    model = small_model(detach_critic=detach_critic)
+    policy = model.policy
+    obs = torch.as_tensor(model.env.reset())
+    states = RNNStates(_flat_start_traces(policy, 4), _flat_start_traces(policy, 4))
+    values, log_prob, _ = policy.evaluate_actions(obs, torch.zeros(4, dtype=torch.long), states, torch.ones(4))
+    values.square().sum().backward(retain_graph=True)
+    ctm_grads = [p.grad for p in (*policy.ctm.parameters(), *policy.features_extractor.parameters())]
+    assert all(g is None or not g.any() for g in ctm_grads) == detach_critic
+    assert policy.value_net.weight.grad.abs().sum() > 0
+    policy.zero_grad()
+    log_prob.sum().backward()  # the actor's loss still trains the CTM
+    assert policy.ctm.synapses.recurrent_weight.grad.abs().sum() > 0
+
+
+def test_detach_critic_needs_a_shared_ctm():
+    with pytest.raises(ConfigError, match="detach_critic=True applies to a shared CTM"):
+        small_model(detach_critic=True, share_ctm=False)

@@ -82,6 +82,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         (minutes on a small CPU); the results equal the eager step's up to float rounding.
     :param normalize_output: apply a LayerNorm (with learned gain and bias) to the synchronisation before the
         actor and critic heads, so that the heads read unit-scale inputs whatever the traces' scale.
+    :param detach_critic: with a shared CTM, the critic head reads its synchronisation without passing gradient
+        back, so that only the actor's loss trains the CTM and the encoder (what sb3-contrib's shared LSTM does).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -109,6 +111,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         project_cells: bool = True,
         compile_rollout: CompileOption = False,
         normalize_output: bool = False,
+        detach_critic: bool = False,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -132,12 +135,15 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         check_compile_option(compile_rollout)
         if share_ctm and not share_features_extractor:
             raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
+        if detach_critic and not share_ctm:
+            raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own.")
         self.d_input = d_input
         self.carry_traces = carry_traces
         self.project_cells = project_cells
         self.share_ctm = share_ctm
         self.compile_rollout = compile_rollout
         self.normalize_output = normalize_output
+        self.detach_critic = detach_critic
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
@@ -175,7 +181,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         data = super()._get_constructor_parameters()
         data.update(self.ctm_config.to_dict(), d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
                     project_cells=self.project_cells, compile_rollout=self.compile_rollout,
-                    normalize_output=self.normalize_output)
+                    normalize_output=self.normalize_output, detach_critic=self.detach_critic)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -245,7 +251,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         if rollout:
             self.output_scale.add(latent_pi)
         if self.critic_ctm is None:
-            latent_vf, traces_vf = latent_pi, traces_pi
+            latent_vf, traces_vf = (latent_pi.detach() if self.detach_critic else latent_pi), traces_pi
         else:
             projected = (self._ctm_input(obs, self.vf_features_extractor, self.critic_ctm) if features is None
                          else self.critic_ctm.project(features))
