@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
@@ -108,6 +109,13 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
     return callbacks
 
 
+def build_model(config: TrainConfig, venv: VecEnv, run_dir: Path) -> RecurrentPPO:
+    """A new agent as the configuration describes it, logging to the run folder's ``tb/``."""
+    policy_class, policy_kwargs = config.policy_and_kwargs()
+    return CtmPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed, device=config.device,
+                  tensorboard_log=str(run_dir / "tb"), verbose=0, **config.algo_arguments())
+
+
 def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = False) -> RecurrentPPO:
     """Train (or continue training) and save ``model.zip``; Ctrl-C saves what was learned so far, and the
     returned model then has fewer steps than ``config.timesteps``.
@@ -123,14 +131,11 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
                     append_monitor=resume)
     try:
         if not resume:
-            policy_class, policy_kwargs = config.policy_and_kwargs()
-            model = CtmPPO(policy_class, venv, policy_kwargs=policy_kwargs, seed=config.seed, device=config.device,
-                           tensorboard_log=str(run_dir / "tb"), verbose=0, **config.algo_arguments())
+            model = build_model(config, venv, run_dir)
         else:
-            model, source = load_newest(run_dir, env=venv, device=config.device,
+            model, source = load_newest(run_dir, lambda: build_model(config, venv, run_dir), config.device,
                                         warn=lambda line: print(line, file=sys.stderr))
             print(f"Resuming from {source.relative_to(run_dir)} ({model.num_timesteps} steps).")
-            model.tensorboard_log = str(run_dir / "tb")
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         remaining = config.timesteps - model.num_timesteps
         if remaining <= 0:

@@ -121,8 +121,70 @@ def test_a_run_killed_mid_training_and_resumed_loses_no_monitor_episodes(tmp_pat
         process.wait()
     before = _monitor_rows(run_dir)
     newest = max(_readable_steps(path) for path in (run_dir / "checkpoints").glob("*.zip"))
-    assert len(before) > 0 and newest >= 192
+    assert len(before) > 0 and newest >= 192 - 64  # the save being written when killed may be lost, no more
     assert resume(run_dir, "--timesteps", str(newest + 64)) == 0
     after = _monitor_rows(run_dir)
     assert all(row in after for row in before) and len(after) > len(before)
     assert saved_steps(run_dir / "model.zip") == newest + 64  # at most one checkpoint interval was lost
+
+
+def _plant_payload(model_zip, marker):
+    """Rewrite a saved model so that unpickling its data writes ``marker``."""
+    import base64
+    import json
+    import pickle
+    import zipfile
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    with zipfile.ZipFile(model_zip) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    data["policy_kwargs"][":serialized:"] = base64.b64encode(pickle.dumps(Payload())).decode()
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(model_zip, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+def test_resume_never_unpickles_a_planted_payload(tmp_path):
+    from ctm_rl.errors import CheckpointError
+    from ctm_rl.sb3.checkpoints import load_agent
+
+    assert run(tmp_path, "--timesteps", "64", "--eval-freq", "0", "--checkpoint-freq", "0", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    marker = tmp_path / "payload-ran"
+    _plant_payload(run_dir / "model.zip", marker)
+    assert resume(run_dir, "--timesteps", "96") == 0
+    assert not marker.exists()
+    assert saved_steps(run_dir / "model.zip") == 96
+    _plant_payload(run_dir / "model.zip", marker)
+    with pytest.raises(CheckpointError, match="trust_pickle=True"):
+        load_agent(run_dir / "model.zip")
+    assert not marker.exists()
+    # The payload is real: a trusted load runs it (and then fails, as the payload replaced the policy arguments).
+    with pytest.raises(Exception):
+        load_agent(run_dir / "model.zip", trust_pickle=True)
+    assert marker.read_text() == "ran"
+
+
+def test_resume_restores_the_saved_parameters_and_optimizer_exactly(tmp_path):
+    import torch
+
+    assert run(tmp_path, "--timesteps", "64", "--eval-freq", "0", "--checkpoint-freq", "0", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    saved = RecurrentPPO.load(run_dir / "model.zip")
+    config, _ = train_module.resumed_config(run_dir, train_module.build_parser().parse_args(["--resume", str(run_dir)]), [])
+    from ctm_rl.envs import make_env
+    from ctm_rl.sb3.checkpoints import load_newest
+
+    model, source = load_newest(run_dir, lambda: train_module.build_model(config, make_env(config.env, n_envs=2), run_dir))
+    assert source.name == "model.zip" and model.num_timesteps == saved.num_timesteps == 64
+    for (name, a), b in zip(saved.policy.state_dict().items(), model.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+    saved_state, state = saved.policy.optimizer.state_dict()["state"], model.policy.optimizer.state_dict()["state"]
+    assert saved_state.keys() == state.keys()
+    for key in saved_state:
+        assert torch.equal(saved_state[key]["exp_avg"], state[key]["exp_avg"])

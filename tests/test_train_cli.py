@@ -165,18 +165,18 @@ def test_corrupt_checkpoints_raise_checkpoint_error(saved_model, tmp_path):
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(saved_model.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="not a readable model archive"):
-        load_agent(truncated)
+        load_agent(truncated, trust_pickle=True)
     garbage = tmp_path / "garbage.zip"
     garbage.write_bytes(b"not a zip at all")
     with pytest.raises(CheckpointError, match="not a readable model archive"):
-        load_agent(garbage)
+        load_agent(garbage, trust_pickle=True)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_agent(tmp_path / "missing.zip")
+        load_agent(tmp_path / "missing.zip", trust_pickle=True)
 
 
 def test_mismatched_checkpoints_raise_checkpoint_error(saved_model):
-    assert load_agent(saved_model, expected_policy_kwargs={"d_model": 16}).policy.ctm.d_model == 16
+    assert load_agent(saved_model, expected_policy_kwargs={"d_model": 16}, trust_pickle=True).policy.ctm.d_model == 16
     with pytest.raises(CheckpointError, match="does not match the environment"):
-        load_agent(saved_model, env=make_env("MiniGrid-Empty-5x5"))
+        load_agent(saved_model, env=make_env("MiniGrid-Empty-5x5"), trust_pickle=True)
     with pytest.raises(CheckpointError, match="d_model: saved 16, requested 32"):
-        load_agent(saved_model, expected_policy_kwargs={"d_model": 32})
+        load_agent(saved_model, expected_policy_kwargs={"d_model": 32}, trust_pickle=True)
