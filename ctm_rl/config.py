@@ -186,10 +186,19 @@ class TrainConfig(SavedConfig):
         for name in ("timesteps", "n_envs", "eval_episodes", "eval_envs"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: set {name} to 1 or more.")
         if self.policy not in POLICY_KINDS:
             raise ConfigError(f"Unknown policy kind {self.policy!r} in the {self.agent} preset. "
                               f"Fix: set `policy:` to one of {', '.join(POLICY_KINDS)}.")
+        for name in ("eval_freq", "checkpoint_freq", "seed"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                disable = " (0 disables it)" if name != "seed" else ""
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix: set it to 0 or more{disable}.")
+        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be an integer >= 1, got {self.max_steps!r}. Fix: a positive step "
+                              f"limit, or leave --max-steps out for the env's own.")
+        check_algo(self.algo)
         n_steps, batch_size = self.algo_setting("n_steps"), self.algo_setting("batch_size")
         if batch_size > n_steps * self.n_envs:
             raise ConfigError(f"batch_size ({batch_size}) exceeds the rollout size n_steps * n_envs "
@@ -202,6 +211,41 @@ class TrainConfig(SavedConfig):
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# RecurrentPPO's numeric arguments: (integer?, lowest, highest, lowest allowed itself?); schedules allowed where
+# RecurrentPPO takes them.
+_ALGO_RANGES: dict[str, tuple[bool, float, float, bool]] = {
+    "n_steps": (True, 1, float("inf"), True), "batch_size": (True, 1, float("inf"), True),
+    "n_epochs": (True, 1, float("inf"), True), "gamma": (False, 0, 1, False), "gae_lambda": (False, 0, 1, True),
+    "ent_coef": (False, 0, float("inf"), True), "vf_coef": (False, 0, float("inf"), True),
+    "max_grad_norm": (False, 0, float("inf"), False), "learning_rate": (False, 0, float("inf"), False),
+    "clip_range": (False, 0, float("inf"), False),
+}
+_SCHEDULED = {"learning_rate", "clip_range"}
+
+
+def check_algo(algo: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for an algorithm setting of the wrong type or out of range."""
+    for name, value in algo.items():
+        if name not in _ALGO_RANGES:
+            continue
+        integer, low, high, low_allowed = _ALGO_RANGES[name]
+        if name in _SCHEDULED and isinstance(value, str):
+            if not _LINEAR.match(value):
+                raise ConfigError(f"{name}={value!r} is neither a number nor a schedule. Fix: a number, or "
+                                  f"lin_<number> for a linear decay (for example {name}=lin_3e-4).")
+            value = schedule(value)(1.0)  # the schedule's start must be in range
+        kind = "an integer" if integer else "a number"
+        bounds = f"{'>=' if low_allowed else '>'} {low:g}" + ("" if high == float("inf") else f" and <= {high:g}")
+        valid = (_is_int(value) if integer else _is_number(value)) and (value >= low if low_allowed else value > low) \
+            and value <= high
+        if not valid:
+            raise ConfigError(f"{name} must be {kind} {bounds}, got {value!r}. Fix: --hyperparams {name}=<{kind.split()[-1]}>.")
 
 
 # --- Presets ----------------------------------------------------------------------------------------------
@@ -365,7 +409,12 @@ def schedule(value: Any) -> Any:
 
 def env_spaces(env: ResolvedEnv, max_steps: int | None, env_kwargs: Mapping[str, Any]) -> tuple[gym.Space, gym.Space]:
     """Observation and action space of an environment, from one instance built and closed."""
-    made = make_single_env(env, max_steps=max_steps, env_kwargs=dict(env_kwargs))
+    try:
+        made = make_single_env(env, max_steps=max_steps, env_kwargs=dict(env_kwargs))
+    except TypeError as error:
+        given = ", ".join(f"{key}={value!r}" for key, value in env_kwargs.items()) or "none"
+        raise ConfigError(f"{env.name} could not be built with the environment arguments given ({given}): {error}. "
+                          f"Fix: pass only keywords its constructor takes with --env-kwargs.") from None
     try:
         return made.observation_space, made.action_space
     finally:
@@ -420,7 +469,7 @@ def resolve_config(
     if ticks is not None:
         if preset["policy"] != "ctm":
             raise ConfigError(f"--ticks sets the CTM's internal ticks; the {agent} agent's policy is "
-                              f"{preset['policy']}.")
+                              f"{preset['policy']}. Fix: drop --ticks, or use a CTM agent.")
         policy_kwargs["ticks"] = ticks
     config = TrainConfig(
         env=env, agent=agent, policy=preset["policy"],
@@ -431,9 +480,9 @@ def resolve_config(
         algo=dict(preset.get("algo") or {}), policy_kwargs=policy_kwargs, **run,
     )
     config.validate()
+    spaces = env_spaces(resolved, config.max_steps, config.env_kwargs)  # the env builds with these settings
     if config.policy == "lstm" and policy_kwargs.get("lstm_hidden_size", MATCH) == MATCH:
         if match_to is None:
             match_to = resolve_config(env, "ctm", env_module=env_module, mask_velocity=mask_velocity)[0].policy_kwargs
-        spaces = env_spaces(resolved, config.max_steps, config.env_kwargs)
         config.policy_kwargs["lstm_hidden_size"] = match_lstm_hidden_size(*spaces, _policy_arguments(match_to))
     return config, resolved

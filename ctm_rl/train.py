@@ -84,7 +84,11 @@ def new_run_dir(config: TrainConfig) -> Path:
     suffix = 2
     while run_dir.exists():
         run_dir, suffix = parent / f"{config.agent_name}-seed{config.seed}-{suffix}", suffix + 1
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as error:
+        raise ConfigError(f"Cannot create the run folder {run_dir} ({error.strerror or error}). Fix: give --log-dir "
+                          f"a folder you can write to.") from None
     return run_dir
 
 
@@ -179,7 +183,8 @@ def resumed_config(run_dir: Path, args: argparse.Namespace, argv: list[str]) -> 
     :raises ConfigError: if the folder is not a run folder, or other flags were given.
     """
     if not (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}; --resume takes a run folder made by this command.")
+        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}. Fix: give --resume a run folder made by this command "
+                          f"(<log-dir>/<env>/<agent>-seed<N>).")
     defaults = vars(build_parser().parse_args([]))
     changed = sorted(name for name, value in vars(args).items() if name not in _RESUMABLE and value != defaults[name])
     if changed:

@@ -103,11 +103,34 @@ def test_unknown_hyperparameter_suggests_close_names():
     (["--n-envs", "2", "--hyperparams", "n_envs=4"], "--n-envs 2 and --hyperparams n_envs=4 disagree"),
     (["--hyperparams", "batch_size=100000"], "batch_size (100000) exceeds the rollout size"),
     (["--resume", "/nonexistent/run"], "has no config.yaml"),
+    (["--hyperparams", "learning_rate=lin_x"], "'lin_x' is not a linear schedule. Fix: lin_<number>"),
+    (["--hyperparams", "batch_size=0"], "batch_size must be an integer >= 1, got 0"),
+    (["--hyperparams", "gamma=abc"], "gamma must be a number > 0 and <= 1, got 'abc'"),
+    (["--hyperparams", "n_epochs=2.5"], "n_epochs must be an integer >= 1, got 2.5"),
+    (["--hyperparams", "learning_rate=-1"], "learning_rate must be a number > 0, got -1"),
+    (["--hyperparams", "n_envs=0"], "n_envs must be an integer >= 1, got 0"),
+    (["--max-steps", "0"], "max_steps must be an integer >= 1"),
+    (["--max-steps", "-1"], "max_steps must be an integer >= 1"),
+    (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["--eval-freq", "-1"], "eval_freq must be an integer >= 0, got -1"),
+    (["--checkpoint-freq", "-5"], "checkpoint_freq must be an integer >= 0, got -5"),
+    (["--env-kwargs", "colour=red"], "CartPole-NoVel could not be built with the environment arguments given "
+                                     "(colour='red')"),
+    (["--env", "MiniGrid-DoorKey-5x5", "--env-kwargs", "colour=red"], "MiniGrid-DoorKey-5x5 could not be built"),
 ])
-def test_bad_input_prints_one_clear_error(tmp_path, capsys, args, message):
+def test_bad_input_prints_one_clear_error_and_creates_nothing(tmp_path, capsys, args, message):
     assert run(tmp_path, "--timesteps", "32", "--no-progress-bar", *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert "Fix" in err or "Did you mean" in err or "Close matches" in err
+    assert not any(tmp_path.iterdir()), "a failed command left files behind"
+
+
+def test_a_log_dir_that_is_a_file_gets_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert train_module.main(["--log-dir", str(tmp_path / "file"), "--timesteps", "32", "--no-progress-bar"]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot create the run folder" in err and "Fix: give --log-dir a folder" in err and "Traceback" not in err
 
 
 def _copy_preset(source: str, path, edit=lambda text: text):
