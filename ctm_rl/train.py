@@ -172,29 +172,37 @@ def run_summary(run_dir: Path) -> str:
             f"{int(steps[-1]):,} steps; best {means[best]:.4g} at {int(steps[best]):,}. Run folder: {run_dir}")
 
 
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run folder was trained with (its ``config.yaml``).
+
+    :raises ConfigError: if the folder has none, or it is damaged.
+    """
+    if not (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}. Fix: pass a run folder made by python -m ctm_rl.train "
+                          f"(<log-dir>/<env>/<agent>-seed<N>) or by python -m ctm_rl.compare.")
+    try:
+        return TrainConfig.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    except (yaml.YAMLError, TypeError) as error:
+        raise ConfigError(f"{run_dir / CONFIG_FILE} is damaged ({error}). Fix: restore it, or start a new run.") from None
+
+
 # What --resume may change; every other flag is the run's own, recorded in its config.yaml.
 _RESUMABLE = {"resume", "timesteps", "device", "no_progress_bar"}
 
 
-def resumed_config(run_dir: Path, args: argparse.Namespace, argv: list[str]) -> tuple[TrainConfig, ResolvedEnv]:
+def resumed_config(run_dir: Path, args: argparse.Namespace) -> tuple[TrainConfig, ResolvedEnv]:
     """The configuration of a run folder, with what ``--resume`` may change (``--timesteps``, ``--device``,
     ``--no-progress-bar``) applied.
 
     :raises ConfigError: if the folder is not a run folder, or other flags were given.
     """
-    if not (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}. Fix: give --resume a run folder made by this command "
-                          f"(<log-dir>/<env>/<agent>-seed<N>).")
+    config = read_run_config(run_dir)
     defaults = vars(build_parser().parse_args([]))
     changed = sorted(name for name, value in vars(args).items() if name not in _RESUMABLE and value != defaults[name])
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise ConfigError(f"--resume continues a run with its own settings; {flags} cannot change. Fix: drop "
                           f"{flags}, or start a new run.")
-    try:
-        config = TrainConfig.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-    except (yaml.YAMLError, TypeError) as error:
-        raise ConfigError(f"{run_dir / CONFIG_FILE} is damaged ({error}). Fix: restore it, or start a new run.") from None
     if args.timesteps is not None:
         config.timesteps = args.timesteps
     config.device, config.progress_bar = args.device, not args.no_progress_bar
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            config, env = resumed_config(run_dir, args, argv)
+            config, env = resumed_config(run_dir, args)
         else:
             config, env = config_from_args(args)
             run_dir = new_run_dir(config)

@@ -176,7 +176,7 @@ def test_resume_restores_the_saved_parameters_and_optimizer_exactly(tmp_path):
     assert run(tmp_path, "--timesteps", "64", "--eval-freq", "0", "--checkpoint-freq", "0", *TINY) == 0
     run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
     saved = RecurrentPPO.load(run_dir / "model.zip")
-    config, _ = train_module.resumed_config(run_dir, train_module.build_parser().parse_args(["--resume", str(run_dir)]), [])
+    config, _ = train_module.resumed_config(run_dir, train_module.build_parser().parse_args(["--resume", str(run_dir)]))
     from ctm_rl.envs import make_env
     from ctm_rl.sb3.checkpoints import load_newest
 
