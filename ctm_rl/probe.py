@@ -7,7 +7,8 @@ every step: the CTM's output synchronisation (what its heads read), the LSTM's h
 ``k``, a linear decoder (ridge regression on standardised states) is fitted from the state at step ``t`` to the
 observation at step ``t - k`` of the same episode, on the first part of the steps, and scored on the rest: the
 coefficient of determination R² averaged over the observation's varying entries. R² near 1 at lag ``k`` means
-the state still holds that observation linearly; near 0, that it does not. A probe that decodes well while the
+the state still holds that observation linearly; near 0, that it does not. The same decoder from the current
+observation alone is the no-memory baseline: memory shows as the state scoring above it. A probe that decodes well while the
 agent acts as if it had forgotten tells "did not learn to use it" from "cannot remember".
 """
 
@@ -33,6 +34,9 @@ class ProbePoint:
     """Steps between the decoded observation and the state."""
     r2: float
     """Held-out R², averaged over the observation entries that vary (NaN if too few pairs)."""
+    observation_r2: float
+    """The same decoder's score from the current observation instead of the state: what needs no memory (an
+    environment whose observations change slowly makes earlier ones predictable from the current one)."""
     pairs: int
     """(state, earlier observation) pairs within one episode, fit and held-out together."""
 
@@ -59,8 +63,10 @@ def decode_by_lag(states: np.ndarray, observations: np.ndarray, episode_starts: 
         same = episode[later] == episode[earlier]  # (T - k, N)
         times = np.broadcast_to(np.arange(lag, steps)[:, None], same.shape)
         x, y, t = states[later][same], observations[earlier][same], times[same]
+        now = observations[later][same]
         fit, test = t < split, t >= split
-        points.append(ProbePoint(lag, _ridge_r2(x[fit], y[fit], x[test], y[test], ridge), int(len(x))))
+        points.append(ProbePoint(lag, _ridge_r2(x[fit], y[fit], x[test], y[test], ridge),
+                                 _ridge_r2(now[fit], y[fit], now[test], y[test], ridge), int(len(x))))
     return points
 
 
@@ -144,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except CtmRlError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("lag     R²   pairs")
+    print("lag  state R²  observation R²    pairs")
     for point in points:
-        print(f"{point.lag:>3} {point.r2:>6.3f} {point.pairs:>7,}")
+        print(f"{point.lag:>3} {point.r2:>9.3f} {point.observation_r2:>15.3f} {point.pairs:>8,}")
     out = args.out or args.run_dir / "probe.json"
     out.write_text(json.dumps([asdict(point) for point in points], indent=1))
     print(f"Wrote {out}")

@@ -28,6 +28,9 @@ def test_the_probe_decodes_exactly_the_lag_the_state_holds():
     r2 = {point.lag: point.r2 for point in points}
     assert r2[3] > 0.99
     assert all(abs(r2[lag]) < 0.1 for lag in (0, 1, 2, 4, 5))
+    # Independent observations: the current one predicts no earlier one, and itself perfectly.
+    baseline = {point.lag: point.observation_r2 for point in points}
+    assert baseline[0] > 0.99 and all(abs(baseline[lag]) < 0.1 for lag in (1, 2, 3, 4, 5))
 
 
 def test_pairs_never_cross_an_episode_start():
@@ -60,6 +63,7 @@ def test_the_probe_command_writes_one_score_per_lag(tmp_path, capsys):
     points = json.loads((run_dir / "probe.json").read_text())
     assert [point["lag"] for point in points] == [0, 1, 2, 3, 4]
     assert all(np.isfinite(point["r2"]) and point["r2"] <= 1 for point in points)
+    assert points[0]["observation_r2"] > 0.99  # the current observation decodes itself
     assert "lag" in capsys.readouterr().out
 
 
