@@ -59,16 +59,10 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param observation_space: observation space.
     :param action_space: action space (Discrete, MultiDiscrete, MultiBinary or Box).
     :param lr_schedule: learning-rate schedule.
-    :param d_model: number of CTM neurons.
+    :param d_model: the CTM's hyperparameters (with ``ticks``, ``memory_length``, ``nlm_hidden``, ``synapse_depth``,
+        ``n_synch_out``, ``neuron_select`` and ``initial_decay``), documented and validated by
+        :class:`~ctm_rl.model.config.CtmConfig`, whose defaults they take.
     :param d_input: width of the default encoder's features (per cell for MiniGrid grids).
-    :param ticks: internal ticks per environment step.
-    :param memory_length: length of the pre- and post-activation traces.
-    :param nlm_hidden: hidden width of deep neuron-level models; 0 for shallow ones.
-    :param synapse_depth: 1 for two GLU blocks, more for a U-Net.
-    :param n_synch_out: neurons on each side of the output synchronisation pairs.
-    :param neuron_select: ``first-last``, ``random`` or ``random-pairing``.
-    :param initial_decay: starting decay rate of the output synchronisation pairs, in ``[0, 4]`` (the reference
-        uses 0; 3 learns faster, see ``ContinuousThoughtMachine``).
     :param carry_traces: carry the traces from one environment step to the next (the CTM for RL). ``False``
         resets them to the learned start traces before every step, an ablation that leaves the CTM only the
         memory of its own ticks within one step.
