@@ -58,8 +58,8 @@ class RunJob:
     runs_at_once: int | None = None
 
 
-class RunInterrupted(CtmRlError):
-    """A run stopped before its budget (Ctrl-C); it is not a result."""
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped before its budget (Ctrl-C); it is not a result, and the comparison stops with it."""
 
 
 def execute_run(job: RunJob) -> dict[str, Any]:
@@ -205,7 +205,13 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     config = _merge_existing(out, config)
     cores = os.cpu_count() or 1
     workers = workers or cores
-    threads = max(1, int(cpus_per_run)) if backend == "ray" else max(1, cores // workers)
+    user_threads = os.environ.get("OMP_NUM_THREADS", "")
+    if backend == "ray":
+        threads = max(1, int(cpus_per_run))
+    elif user_threads.isdigit() and int(user_threads) > 0:
+        threads = int(user_threads)  # the user's setting, as torch itself would honour it
+    else:
+        threads = max(1, cores // workers)
     command = shlex.join([sys.executable, "-m", "ctm_rl.compare", *argv]) if argv is not None else ""
     jobs = plan(config, out, device, threads,
                 None if backend == "ray" else min(workers, len(config.agents) * len(config.seeds)), command)

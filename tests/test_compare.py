@@ -152,6 +152,33 @@ def test_an_interrupted_run_is_not_a_result(tmp_path, monkeypatch):
     assert not (tmp_path / "runs" / "ctm" / "seed0" / "result.json").exists()
 
 
+def test_ctrl_c_stops_a_serial_comparison_keeps_finished_runs_and_exits_130(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    assert compare.main(["--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "1", "--timesteps", "64",
+                         "--eval-freq", "32", "--eval-episodes", "2", "--hyperparams", "n_epochs=1", "n_steps=8",
+                         "batch_size=64", "--workers", "1", "--out", str(out)]) == 0
+    interrupt_training_at(monkeypatch, 32)
+    assert compare.main(["--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "3", "--timesteps", "64",
+                         "--eval-freq", "32", "--eval-episodes", "2", "--hyperparams", "n_epochs=1", "n_steps=8",
+                         "batch_size=64", "--workers", "1", "--out", str(out)]) == 130
+    assert (out / "runs" / "ctm" / "seed0" / "result.json").exists()  # the finished run is kept
+    assert not (out / "runs" / "ctm" / "seed1" / "result.json").exists()
+    assert not (out / "runs" / "ctm" / "seed2").exists()  # and no further run started
+    assert "failed" not in capsys.readouterr().err
+
+
+def test_runs_honour_the_users_thread_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    seen = []
+    monkeypatch.setattr(compare, "plan", lambda config, out, device, threads, *rest: seen.append(threads) or [])
+    monkeypatch.setattr(compare, "write_report", lambda out: None, raising=False)
+    from ctm_rl import report as report_module
+
+    monkeypatch.setattr(report_module, "write_report", lambda out: None)
+    compare.run_comparison(CompareConfig(agents=["ctm"], seeds=[0]), tmp_path, workers=1)
+    assert seen == [1]
+
+
 @pytest.mark.parametrize("steps, expected", [
     ([10.0, float("nan"), 30.0], "30 (2/3)"),
     ([10.0, float("nan"), float("nan")], "not reached (1/3)"),
