@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -421,6 +422,25 @@ def env_spaces(env: ResolvedEnv, max_steps: int | None, env_kwargs: Mapping[str,
         made.close()
 
 
+def _keep_minibatches(config: TrainConfig, base: Mapping[str, Any]) -> None:
+    """When ``n_envs`` or ``n_steps`` differ from the preset's and ``batch_size`` was not given, scale the
+    preset's ``batch_size`` so that an epoch keeps its number of minibatches, and say so in one line."""
+    algo = base.get("algo") or {}
+    base_rollout = base.get("n_envs", config.n_envs) * algo.get("n_steps", ALGO_DEFAULTS["n_steps"])
+    base_batch = algo.get("batch_size", ALGO_DEFAULTS["batch_size"])
+    rollout = config.n_envs * config.algo_setting("n_steps")
+    if not (_is_int(rollout) and _is_int(base_rollout) and _is_int(base_batch)) or rollout == base_rollout \
+            or rollout < 1 or base_batch < 1:
+        return
+    minibatches = max(1, base_rollout // base_batch)
+    batch = max(1, rollout // minibatches)
+    if batch != base_batch:
+        config.algo["batch_size"] = batch
+        print(f"note: batch_size {base_batch} -> {batch}, keeping the preset's {minibatches} minibatch{'es' if minibatches != 1 else ''} per epoch "
+              f"for a rollout of {config.n_envs} envs x {config.algo_setting('n_steps')} steps "
+              f"(--hyperparams batch_size=N sets it).", file=sys.stderr)
+
+
 def resolve_config(
     env: str,
     agent: str = "ctm",
@@ -464,7 +484,8 @@ def resolve_config(
     if n_envs is not None and overrides.get("n_envs", n_envs) != n_envs:
         raise ConfigError(f"--n-envs {n_envs} and --hyperparams n_envs={overrides['n_envs']} disagree. "
                           f"Fix: give the number of environments once.")
-    preset = apply_hyperparams(load_preset(agent, env, resolved.family), overrides)
+    base = load_preset(agent, env, resolved.family)
+    preset = apply_hyperparams(base, overrides)
     policy_kwargs = dict(preset.get("policy_kwargs") or {})
     if ticks is not None:
         if preset["policy"] != "ctm":
@@ -479,6 +500,8 @@ def resolve_config(
         mask_velocity=resolved.mask_velocity, env_module=env_module, env_kwargs=dict(env_kwargs or {}),
         algo=dict(preset.get("algo") or {}), policy_kwargs=policy_kwargs, **run,
     )
+    if not {"batch_size", "algo.batch_size"} & set(overrides):
+        _keep_minibatches(config, base)
     config.validate()
     spaces = env_spaces(resolved, config.max_steps, config.env_kwargs)  # the env builds with these settings
     if config.policy == "lstm" and policy_kwargs.get("lstm_hidden_size", MATCH) == MATCH:

@@ -133,6 +133,20 @@ def test_a_log_dir_that_is_a_file_gets_a_clear_error(tmp_path, capsys):
     assert "Cannot create the run folder" in err and "Fix: give --log-dir a folder" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("agent, env, n_envs, expected", [
+    ("ctm", "MiniGrid-FourRooms", 2, 128),  # 16 envs x 128 steps in 2 minibatches of 1024 -> 2 x 128 in 2 of 128
+    ("lstm", "CartPole-NoVel", 4, 128),  # 8 x 32 in 1 of 256 -> 4 x 32 in 1 of 128
+])
+def test_fewer_envs_keep_the_presets_minibatches_per_epoch(capsys, agent, env, n_envs, expected):
+    from ctm_rl.config import resolve_config
+
+    config, _ = resolve_config(env, agent, n_envs=n_envs)
+    assert config.algo["batch_size"] == expected and config.n_envs == n_envs
+    assert f"batch_size" in capsys.readouterr().err
+    explicit, _ = resolve_config(env, agent, {"batch_size": 64}, n_envs=n_envs)
+    assert explicit.algo["batch_size"] == 64
+
+
 def _copy_preset(source: str, path, edit=lambda text: text):
     from ctm_rl.config import preset_file
 
