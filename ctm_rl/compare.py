@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from ctm_rl.allocator import keep_freed_memory
-from ctm_rl.config import TrainConfig, parse_key_values, preset_policy, resolve_config
+from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig, run_dir_of,
                          safe_name)
@@ -82,6 +82,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         (run_dir / COMMAND_FILE).write_text(job.command + "\n")
     config = TrainConfig.from_dict(job.config)
     env = resolve_env(config.env, config.mask_velocity, config.env_module)
+    tuning = load_preset(config.agent, config.env, env.family).get("tuning")
     started = time.perf_counter()
     model = train(config, env, run_dir)
     wall_time = time.perf_counter() - started
@@ -102,7 +103,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
         "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
-        "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
+        "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo, "tuning": tuning,
         "evaluations": evaluations,
     }
 

@@ -32,8 +32,8 @@ from ctm_rl.model.config import CtmConfig
 from ctm_rl.sb3.lstm import lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.sb3.policy import CtmPolicy
 
-PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "algo", "policy_kwargs")
-"""Keys a preset block may set."""
+PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "algo", "policy_kwargs", "tuning")
+"""Keys a preset block may set (``tuning``: the record of the study that chose it, written by ``tune``)."""
 TOP_LEVEL_KEYS = ("n_envs", "n_timesteps", "max_steps")
 """Preset keys that ``--hyperparams`` sets directly (not inside ``algo`` or ``policy_kwargs``)."""
 MATCH = "match"
@@ -282,10 +282,11 @@ def preset_file(agent: str) -> Path:
     return path
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_blocks(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` over it, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = merge_blocks(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
 
 
@@ -316,7 +317,7 @@ def load_preset(agent: str, env_name: str, family: str) -> dict[str, Any]:
                               f"Fix: use {', '.join(PRESET_KEYS)}.")
     preset: dict[str, Any] = {}
     for name in dict.fromkeys(("default", family, env_name)):
-        preset = _merge(preset, blocks.get(name) or {})
+        preset = merge_blocks(preset, blocks.get(name) or {})
     if "policy" not in preset:
         raise ConfigError(f"Preset {path} names no policy kind. Fix: add `policy: ctm` (or lstm) to its default "
                           f"block.")

@@ -288,6 +288,22 @@ def _machines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return seen
 
 
+def _tuning_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What the summary says about tuning: which agents' presets a study chose, with what budget."""
+    tuned = {agent: results[0].get("tuning") for agent, results in runs.items() if results[0].get("tuning")}
+    if not tuned:
+        return ["No agent's preset was tuned (`python -m ctm_rl.tune`): both use hand-set presets.", ""]
+    lines = [f"Tuned with `python -m ctm_rl.tune`: " + "; ".join(
+        f"{agent}: study {t['study']} on {t['env']}, {t['trials']} trials of {t['timesteps_per_trial']:,} steps x "
+        f"{t['seeds_per_trial']} seed(s), best trial {t['trial']} ({t['value']:.4g})" for agent, t in tuned.items()) + "."]
+    untuned = [agent for agent in runs if agent not in tuned]
+    budgets = {(t["trials"], t["timesteps_per_trial"], t["seeds_per_trial"]) for t in tuned.values()}
+    if untuned or len(budgets) > 1:
+        lines.append("**The agents did not get the same tuning budget**" + (f" ({', '.join(untuned)} untuned)"
+                                                                           if untuned else "") + ".")
+    return lines + [""]
+
+
 def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]], summaries: list[AgentSummary],
                      images: str = "", heading: str = "#", command: str | None = None) -> str:
     """The summary page of one comparison.
@@ -341,6 +357,7 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         policy = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         lines.append(f"| {agent} | {algo} | {policy} |")
     lines.append("")
+    lines += _tuning_lines(runs)
     for name, caption in PLOTS.items():
         lines += [f"![{caption}]({images}{name})", ""]
     machines = _machines(runs)

@@ -92,9 +92,10 @@ def new_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed_at: int | None = None
-                   ) -> list[BaseCallback]:
-    """Checkpoints and evaluations; ``resumed_at`` (the resumed model's steps) continues earlier evaluations."""
+def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed_at: int | None = None,
+                   after_eval: BaseCallback | None = None) -> list[BaseCallback]:
+    """Checkpoints and evaluations; ``resumed_at`` (the resumed model's steps) continues earlier evaluations, and
+    ``after_eval`` runs after each evaluation (SB3's ``callback_after_eval``; returning False stops training)."""
     callbacks: list[BaseCallback] = []
     if config.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(max(config.checkpoint_freq // config.n_envs, 1),
@@ -105,7 +106,7 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
         evaluation = TimedEvalCallback(eval_env, n_eval_episodes=config.eval_episodes,
                                        eval_freq=max(config.eval_freq // config.n_envs, 1),
                                        log_path=str(run_dir / "eval"), best_model_save_path=str(run_dir / "eval"),
-                                       verbose=0)
+                                       callback_after_eval=after_eval, verbose=0)
         previous = run_dir / "eval" / "evaluations.npz"
         if resumed_at is not None and previous.exists():
             evaluation.load_previous(previous, up_to=resumed_at)
@@ -120,7 +121,8 @@ def build_model(config: TrainConfig, venv: VecEnv, run_dir: Path) -> RecurrentPP
                   tensorboard_log=str(run_dir / "tb"), verbose=0, **config.algo_arguments())
 
 
-def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = False) -> RecurrentPPO:
+def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = False,
+          after_eval: BaseCallback | None = None) -> RecurrentPPO:
     """Train (or continue training) and save ``model.zip``; Ctrl-C saves what was learned so far, and the
     returned model then has fewer steps than ``config.timesteps``.
 
@@ -129,6 +131,7 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
     :param run_dir: the run folder.
     :param resume: continue from the run's newest readable save (``model.zip`` or a checkpoint, whichever holds
         the most steps), appending to its monitor files and evaluations.
+    :param after_eval: called after each evaluation; returning False stops training early (a pruned trial).
     """
     venv = make_env(env, n_envs=config.n_envs, seed=config.seed, vec_env=config.vec_env,
                     monitor_dir=str(run_dir / "monitor"), max_steps=config.max_steps, env_kwargs=config.env_kwargs,
@@ -146,7 +149,8 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
             print(f"Run already has {model.num_timesteps} of {config.timesteps} steps; nothing to do.")
             return model
         try:
-            model.learn(remaining, callback=make_callbacks(config, env, run_dir, model.num_timesteps if resume else None),
+            callbacks = make_callbacks(config, env, run_dir, model.num_timesteps if resume else None, after_eval)
+            model.learn(remaining, callback=callbacks,
                         tb_log_name="ppo", reset_num_timesteps=not resume, progress_bar=config.progress_bar)
         except KeyboardInterrupt:
             print(f"\nInterrupted at {model.num_timesteps} steps; saving the model.", file=sys.stderr)

@@ -1,0 +1,85 @@
+"""python -m ctm_rl.tune: a study in SQLite with pruning, resuming it, and the saved preset training."""
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")
+
+import ctm_rl.train as train_module  # noqa: E402
+from ctm_rl import tune  # noqa: E402
+from ctm_rl.config import preset_file  # noqa: E402
+
+SMALL = dict(n_envs=2, algo=dict(n_steps=16, batch_size=32, n_epochs=1),
+             policy_kwargs=dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3))
+
+
+@pytest.fixture
+def tiny_agent(tmp_path):
+    """A small CTM preset beside a search space whose only key decides the return: episodes of at most 5 steps
+    score at most 5, below any CartPole episode of 200 steps."""
+    folder = tmp_path / "agents"
+    (folder / "search").mkdir(parents=True)
+    preset = yaml.safe_load(preset_file("ctm").read_text())
+    preset["default"] = {**preset["default"], **{k: v for k, v in SMALL.items() if k == "n_envs"}}
+    preset["default"]["algo"].update(SMALL["algo"])
+    preset["default"]["policy_kwargs"].update(SMALL["policy_kwargs"])
+    (folder / "tiny.yml").write_text(yaml.safe_dump(preset))
+    (folder / "search" / "tiny.yml").write_text(yaml.safe_dump(
+        {"default": {"max_steps": {"type": "categorical", "choices": [5, 200]},
+                     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}))
+    return folder / "tiny.yml"
+
+
+def _config(agent, trials):
+    return tune.TuneConfig(env="CartPole-NoVel", agent=str(agent), trials=trials, timesteps=96, eval_freq=32,
+                           eval_episodes=2, n_startup_trials=1, sampler_seed=0)
+
+
+def test_a_study_prunes_resumes_and_its_best_preset_trains(tmp_path, tiny_agent):
+    study_dir = tmp_path / "study"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    # The first trial sets the bar (200-step episodes); a trial of 5-step episodes falls below the median at
+    # its second evaluation and is pruned.
+    study = tune.open_study(_config(tiny_agent, 2), storage, "tiny")
+    study.enqueue_trial({"max_steps": 200, "learning_rate": 3e-4})
+    study.enqueue_trial({"max_steps": 5, "learning_rate": 3e-4})
+    saved = tmp_path / "tuned.yml"
+    study = tune.run_study(_config(tiny_agent, 2), study_dir, storage, "tiny", save_preset=saved)
+    states = [trial.state for trial in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert len(study.trials[1].intermediate_values) == 2  # stopped at its second evaluation, before the third
+    assert (study_dir / "history.png").stat().st_size > 0 and (study_dir / "best.yaml").exists()
+
+    # The same study again: one more trial joins the two.
+    study = tune.run_study(_config(tiny_agent, 1), study_dir, storage, "tiny")
+    assert len(study.trials) == 3
+
+    preset = yaml.safe_load(saved.read_text())["default"]
+    assert preset["max_steps"] == 200 and preset["algo"]["learning_rate"] == pytest.approx(3e-4)
+    assert preset["tuning"]["study"] == "tiny" and preset["tuning"]["timesteps_per_trial"] == 96
+    assert train_module.main(["--agent", str(saved), "--log-dir", str(tmp_path / "runs"), "--timesteps", "32",
+                              "--eval-freq", "0", "--checkpoint-freq", "0", "--no-progress-bar"]) == 0
+    config = yaml.safe_load((tmp_path / "runs" / "CartPole-NoVel" / "tuned-seed0" / "config.yaml").read_text())
+    assert config["max_steps"] == 200 and config["policy_kwargs"]["d_model"] == 16
+
+
+def test_bad_search_spaces_and_settings_are_refused_up_front(tmp_path, tiny_agent, capsys):
+    (tiny_agent.parent / "search" / "tiny.yml").write_text("default:\n  n_epochs: {type: normal}\n")
+    assert tune.main(["--agent", str(tiny_agent), "--out", str(tmp_path / "s"), "--trials", "1"]) == 2
+    assert "n_epochs needs a type" in capsys.readouterr().err
+    assert tune.main(["--agent", "ctm", "--timesteps", "100", "--eval-freq", "1000", "--out", str(tmp_path / "s")]) == 2
+    assert "--eval-freq (1000) exceeds --timesteps (100)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_comparison_summary_says_which_presets_were_tuned_and_with_what_budget():
+    from ctm_rl.report import _tuning_lines
+
+    record = {"env": "CartPole-NoVel", "study": "s", "trial": 3, "value": 480.0, "trials": 40,
+              "timesteps_per_trial": 100_000, "seeds_per_trial": 2}
+    assert "both use hand-set presets" in _tuning_lines({"ctm": [{}], "lstm": [{}]})[0]
+    one = " ".join(_tuning_lines({"ctm": [{"tuning": record}], "lstm": [{}]}))
+    assert "ctm: study s on CartPole-NoVel, 40 trials of 100,000 steps x 2 seed(s)" in one
+    assert "did not get the same tuning budget** (lstm untuned)" in one
+    both = " ".join(_tuning_lines({"ctm": [{"tuning": record}], "lstm": [{"tuning": {**record, "study": "t"}}]}))
+    assert "same tuning budget" not in both
