@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = new_run_dir(config)
         with open(run_dir / COMMAND_FILE, "a") as command:
             command.write(shlex.join([sys.executable, "-m", "ctm_rl.train", *argv]) + "\n")
+        if config.eval_freq >= config.timesteps:
+            print(f"note: --eval-freq {config.eval_freq} is not below --timesteps {config.timesteps}: the run is "
+                  f"evaluated once, at the end.", file=sys.stderr)
         print(f"Run folder: {run_dir}")
         model = train(config, env, run_dir, resume=bool(args.resume))
     except CtmRlError as error:

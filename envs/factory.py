@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ctm_rl.errors import ConfigError
 from ctm_rl.envs.registry import ResolvedEnv, load_entry_point, resolve_env
-from ctm_rl.envs.wrappers import VELOCITY_INDICES, MaskVelocity, SymbolicGridBounds
+from ctm_rl.envs.wrappers import VELOCITY_INDICES, CheckFinite, MaskVelocity, SymbolicGridBounds
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
@@ -80,7 +80,7 @@ def make_env(
     if n_envs < 1:
         raise ConfigError(f"n_envs must be >= 1, got {n_envs}.")
     resolved = name if isinstance(name, ResolvedEnv) else resolve_env(name, mask_velocity, env_module)
-    return make_vec_env(
+    venv = make_vec_env(
         make_single_env,
         n_envs=n_envs,
         seed=seed,
@@ -89,3 +89,4 @@ def make_env(
         env_kwargs=dict(env=resolved, max_steps=max_steps, env_kwargs=env_kwargs),
         monitor_kwargs={"override_existing": not append_monitor},
     )
+    return CheckFinite(venv, resolved.name)

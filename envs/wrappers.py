@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnvWrapper
+
+from ctm_rl.errors import CtmRlError
 
 # Index ranges of MiniGrid's symbolic encoding (minigrid.core.constants).
 MINIGRID_OBJECTS, MINIGRID_COLOURS, MINIGRID_STATES = 11, 6, 3
@@ -47,3 +50,43 @@ class SymbolicGridBounds(gym.ObservationWrapper):
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return observation
+
+
+class NonFiniteObservationError(CtmRlError):
+    """An environment returned NaN or infinity in an observation."""
+
+
+class CheckFinite(VecEnvWrapper):
+    """Stops with a clear error, naming the env, the step and the observation key, when an observation holds
+    NaN or infinity (which would otherwise surface as an invalid distribution deep inside torch).
+
+    :param venv: the vectorised environment.
+    :param name: the environment's name, for the message.
+    """
+
+    def __init__(self, venv, name: str) -> None:
+        super().__init__(venv)
+        self.name = name
+        self.steps = 0
+
+    def reset(self):
+        observations = self.venv.reset()
+        self._check(observations, "reset")
+        return observations
+
+    def step_wait(self):
+        observations, rewards, dones, infos = self.venv.step_wait()
+        self.steps += 1
+        self._check(observations, f"step {self.steps}")
+        return observations, rewards, dones, infos
+
+    def _check(self, observations, when: str) -> None:
+        parts = observations.items() if isinstance(observations, dict) else [(None, observations)]
+        for key, values in parts:
+            values = np.asarray(values)
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                env_index = int(np.argwhere(~np.isfinite(values).reshape(len(values), -1).all(axis=1))[0][0])
+                where = f"observation key {key!r}" if key is not None else "the observation"
+                raise NonFiniteObservationError(
+                    f"{self.name} returned NaN or infinity in {where} at {when} (env {env_index}). Fix: make the "
+                    f"environment return finite values, or wrap it to clean them.")

@@ -76,7 +76,7 @@ def test_bad_entry_point_and_module_errors():
 def test_vectorisation_and_monitor(tmp_path, vec_env, cls):
     venv = make_env("CartPole-v1", n_envs=2, seed=0, vec_env=vec_env, monitor_dir=str(tmp_path))
     try:
-        assert isinstance(venv, cls) and venv.num_envs == 2
+        assert isinstance(venv.venv, cls) and venv.num_envs == 2  # under the finiteness check
         venv.reset()
         for _ in range(60):
             venv.step(np.ones(2, dtype=int))
@@ -84,3 +84,16 @@ def test_vectorisation_and_monitor(tmp_path, vec_env, cls):
         venv.close()
     lines = (tmp_path / "0.monitor.csv").read_text().splitlines()
     assert lines[1] == "r,l,t" and len(lines) > 2
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_observations_stop_training_with_the_env_and_step_named(tmp_path, capsys, value):
+    import ctm_rl.train as train_module
+
+    assert train_module.main(["--env", "toy_envs:GoesNonFinite", "--env-kwargs", "bad_step=5", f"value={value}",
+                              "--log-dir", str(tmp_path), "--timesteps", "64", "--n-envs", "2", "--hyperparams",
+                              "n_steps=16", "batch_size=32", "d_model=16", "d_input=8", "n_synch_out=4",
+                              "--eval-freq", "0", "--no-progress-bar"]) == 2
+    err = capsys.readouterr().err
+    assert "toy_envs:GoesNonFinite returned NaN or infinity in the observation at step 5 (env 0)" in err
+    assert "Fix:" in err and "Traceback" not in err

@@ -126,6 +126,14 @@ def test_bad_input_prints_one_clear_error_and_creates_nothing(tmp_path, capsys, 
     assert not any(tmp_path.iterdir()), "a failed command left files behind"
 
 
+def test_a_run_whose_evaluation_interval_exceeds_its_budget_is_evaluated_once_at_the_end(tmp_path, capsys):
+    assert run(tmp_path, "--timesteps", "64", "--eval-freq", "1000", *TINY[:-7], "--eval-episodes", "2",
+               "--checkpoint-freq", "0", "--no-progress-bar") == 0
+    assert "evaluated once, at the end" in capsys.readouterr().err
+    with np.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "eval" / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [64]
+
+
 def test_a_log_dir_that_is_a_file_gets_a_clear_error(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert train_module.main(["--log-dir", str(tmp_path / "file"), "--timesteps", "32", "--no-progress-bar"]) == 2

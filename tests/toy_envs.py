@@ -49,3 +49,25 @@ class CueRecall(gym.Env):
 
 
 gym.register("ToyCueRecall-v0", entry_point=CueRecall)
+
+
+class GoesNonFinite(gym.Env):
+    """Finite observations until step ``bad_step``, then ``value`` (NaN by default) in its first entry."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, bad_step: int = 5, value: float = float("nan")) -> None:
+        self.bad_step, self.value, self.t = bad_step, value, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.zeros(3, dtype=np.float32)
+        if self.t >= self.bad_step:
+            obs[0] = self.value
+        return obs, 0.0, False, self.t >= 50, {}

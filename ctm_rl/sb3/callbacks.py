@@ -71,6 +71,23 @@ class TimedEvalCallback(EvalCallback):
         super()._on_training_start()
         self._started, self._evaluating = time.perf_counter(), 0.0
 
+    def _on_training_end(self) -> None:
+        # Training ends on a whole rollout, rarely on an evaluation step: evaluate the final model too, unless the
+        # last evaluation was within the last rollout (or training was cut short by an early stop).
+        rollout = self.model.n_steps * self.model.n_envs
+        last = self.evaluations_timesteps[-1] if self.evaluations_timesteps else -rollout
+        if self.eval_freq > 0 and self.num_timesteps - last >= rollout and self.model._total_timesteps <= self.num_timesteps:
+            self.evaluate_now()
+        super()._on_training_end()
+
+    def evaluate_now(self) -> None:
+        """Evaluate the model at its current step, as a scheduled evaluation would (and record it alike)."""
+        scheduled, self.eval_freq = self.eval_freq, 1
+        try:
+            self._on_step()
+        finally:
+            self.eval_freq = scheduled
+
     def _on_step(self) -> bool:
         evaluated_before = len(self.evaluations_timesteps)
         began = time.perf_counter()
