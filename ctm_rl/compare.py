@@ -141,6 +141,7 @@ def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, Trai
         raise ConfigError(f"--baseline {config.baseline!r} is not one of the agents ({', '.join(config.agents)}).")
     shared = parse_key_values(config.hyperparams, "--hyperparams")
     settings = dict(timesteps=config.timesteps, n_envs=config.n_envs, max_steps=config.max_steps,
+                    env_module=config.env_module, env_kwargs=config.env_kwargs,
                     eval_freq=config.eval_freq, eval_episodes=config.eval_episodes, checkpoint_freq=0, device=device,
                     progress_bar=False, seed=config.seeds[0])
     def agent_error(spec: AgentSpec, error: CtmRlError) -> CtmRlError:
@@ -149,7 +150,7 @@ def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, Trai
     kinds = {}
     for spec in specs:
         try:
-            kinds[spec.label] = preset_policy(spec.preset, config.env)
+            kinds[spec.label] = preset_policy(spec.preset, config.env, config.env_module)
         except CtmRlError as error:
             raise agent_error(spec, error) from None
     configs: dict[str, TrainConfig] = {}
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every agent")
     parser.add_argument("--n-envs", type=int, help="training envs per run (default: each preset's)")
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: each preset's)")
+    parser.add_argument("--env-module", help="module to import first, so that it registers its env ids")
+    parser.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="env constructor arguments")
     parser.add_argument("--threshold", type=float, help="return that counts as solved (default: the env's)")
     parser.add_argument("--baseline", help="agent to measure improvement against (default: the first lstm agent)")
     parser.add_argument("--description", help="what the comparison is for and why its budget (shown in the summary)")
@@ -300,7 +303,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     return CompareConfig(env=args.env, agents=list(dict.fromkeys(args.agents)),
                          seeds=list(range(args.first_seed, args.first_seed + args.seeds)), timesteps=args.timesteps,
                          eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, hyperparams=args.hyperparams,
-                         n_envs=args.n_envs, max_steps=args.max_steps, threshold=args.threshold,
+                         n_envs=args.n_envs, max_steps=args.max_steps, env_module=args.env_module,
+                         env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), threshold=args.threshold,
                          baseline=args.baseline, description=args.description)
 
 

@@ -83,7 +83,7 @@ def threshold_of(config: CompareConfig) -> float | None:
         return config.threshold
     from ctm_rl.envs import resolve_env
 
-    env = resolve_env(config.env)
+    env = resolve_env(config.env, env_module=config.env_module)
     if env.gym_id is None:
         return None
     import gymnasium as gym

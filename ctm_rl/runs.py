@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError
@@ -37,6 +38,10 @@ class CompareConfig(SavedConfig):
     """Training environments per run; ``None`` keeps each preset's."""
     max_steps: int | None = None
     """Episode step limit; ``None`` keeps each preset's."""
+    env_module: str | None = None
+    """Module imported first, so that it registers the environment's id (as ``train --env-module``)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """The environment's constructor arguments (as ``train --env-kwargs``)."""
     threshold: float | None = None
     """Return that counts as solved for "steps to threshold"; ``None`` takes the env's ``reward_threshold``."""
     baseline: str | None = None
@@ -46,7 +51,8 @@ class CompareConfig(SavedConfig):
     """What the comparison is for and why its budget, shown at the top of its summary."""
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
-    RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps")
+    RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps", "env_module",
+                  "env_kwargs")
 
     def baseline_agent(self) -> str:
         """The agent the others are compared against."""

@@ -224,3 +224,15 @@ def test_a_matched_lstm_is_sized_to_the_ctm_it_is_compared_with():
     assert configs["lstm"].policy_kwargs["lstm_hidden_size"] == expected
     assert expected != match_lstm_hidden_size(*spaces, preset_ctm.policy_kwargs)
     assert configs["ctm:d_model=64"].policy_kwargs["d_model"] == 64
+
+
+def test_compare_takes_a_plugged_in_env_with_its_module_and_arguments(tmp_path):
+    out = tmp_path / "cmp"
+    assert compare.main(["--env", "ToyCueRecall", "--env-module", "toy_envs", "--env-kwargs", "n_cues=3", "delay=1",
+                         "--agents", "ctm", "--seeds", "1", "--timesteps", "64", "--eval-freq", "32",
+                         "--eval-episodes", "2", "--n-envs", "2", "--hyperparams", "n_steps=16", "n_epochs=1",
+                         "d_model=16", "d_input=8", "n_synch_out=4", "--threshold", "1", "--out", str(out)]) == 0
+    config = yaml.safe_load((out / "runs" / "ctm" / "seed0" / "config.yaml").read_text())
+    assert config["env_module"] == "toy_envs" and config["env_kwargs"] == {"n_cues": 3, "delay": 1}
+    saved = yaml.safe_load((out / "comparison.yaml").read_text())
+    assert saved["env_module"] == "toy_envs" and saved["env_kwargs"] == {"n_cues": 3, "delay": 1}
