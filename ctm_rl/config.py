@@ -321,6 +321,17 @@ def load_preset(agent: str, env_name: str, family: str) -> dict[str, Any]:
     if "policy" not in preset:
         raise ConfigError(f"Preset {path} names no policy kind. Fix: add `policy: ctm` (or lstm) to its default "
                           f"block.")
+    kind = POLICY_KINDS.get(preset["policy"])
+    for section, known in (("algo", frozenset(ALGO_DEFAULTS)), ("policy_kwargs", kind.keys if kind else None)):
+        values = preset.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"Preset {path}: `{section}` must be a mapping of keys to values.")
+        unknown = sorted(set(values) - known) if known is not None else []
+        if unknown:
+            close = [m for key in unknown for m in difflib.get_close_matches(key, sorted(known), n=1)]
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"Preset {path}: unknown {section} keys {', '.join(unknown)} for a {preset['policy']} "
+                              f"agent.{hint} Fix: correct them in the file.")
     return preset
 
 

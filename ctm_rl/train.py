@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,12 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
                                        callback_after_eval=after_eval, verbose=0)
         previous = run_dir / "eval" / "evaluations.npz"
         if resumed_at is not None and previous.exists():
-            evaluation.load_previous(previous, up_to=resumed_at)
+            try:
+                evaluation.load_previous(previous, up_to=resumed_at)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                eval_env.close()
+                raise ConfigError(f"{previous} is damaged ({type(error).__name__}: {error}). Fix: move it aside to "
+                                  f"resume without the earlier evaluations.") from None
         callbacks.append(evaluation)
     return callbacks
 

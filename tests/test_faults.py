@@ -188,3 +188,30 @@ def test_resume_restores_the_saved_parameters_and_optimizer_exactly(tmp_path):
     assert saved_state.keys() == state.keys()
     for key in saved_state:
         assert torch.equal(saved_state[key]["exp_avg"], state[key]["exp_avg"])
+
+
+@pytest.mark.parametrize("damage", ["evaluations", "config", "policy"])
+def test_a_damaged_file_in_a_run_folder_gets_a_clear_error_or_a_fallback(tmp_path, capsys, damage):
+    assert run(tmp_path, "--timesteps", "96", "--eval-freq", "32", "--checkpoint-freq", "64", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    capsys.readouterr()
+    if damage == "evaluations":
+        (run_dir / "eval" / "evaluations.npz").write_bytes(b"not an npz")
+        assert resume(run_dir, "--timesteps", "128") == 2
+        assert "evaluations.npz is damaged" in capsys.readouterr().err
+    elif damage == "config":
+        (run_dir / "config.yaml").write_text("env: [unclosed")
+        assert resume(run_dir, "--timesteps", "128") == 2
+        assert "config.yaml is damaged" in capsys.readouterr().err
+    else:  # a model.zip whose policy.pth is garbage: the newest checkpoint takes over
+        import zipfile
+
+        with zipfile.ZipFile(run_dir / "model.zip") as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        members["policy.pth"] = b"garbage"
+        with zipfile.ZipFile(run_dir / "model.zip", "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+        assert resume(run_dir, "--timesteps", "128") == 0
+        out = capsys.readouterr()
+        assert "Skipping model.zip" in out.err and "Resuming from checkpoints/ctm_64_steps.zip" in out.out

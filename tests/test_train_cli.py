@@ -189,6 +189,9 @@ def test_a_copied_preset_trains_the_policy_it_names(tmp_path, monkeypatch, sourc
     (lambda text: text.replace("  n_envs: 8", "  n_env: 8"), "block 'default' has unknown keys n_env"),
     (lambda text: text.replace("  policy: ctm\n", ""), "names no policy kind"),
     (lambda text: text.replace("  policy: ctm\n", "  policy: gru\n"), "Unknown policy kind 'gru'"),
+    (lambda text: text.replace("    n_epochs: 10", "    n_epoch: 10"), "unknown algo keys n_epoch .*Did you mean: n_epochs"),
+    (lambda text: text.replace("    d_model: 128", "    d_modl: 128"), "unknown policy_kwargs keys d_modl"),
+    (lambda text: text.replace("    gamma: 0.98", "    gamma: high"), "gamma must be a number > 0"),
 ])
 def test_bad_preset_files_name_the_problem(tmp_path, capsys, edit, message):
     preset = _copy_preset("ctm", tmp_path / "broken.yml", edit)

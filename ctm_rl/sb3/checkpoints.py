@@ -11,6 +11,7 @@ when the caller says the file is trusted.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -67,7 +68,7 @@ def load_weights(model: RecurrentPPO, path: Path, device: str = "auto") -> Recur
     data = _check_archive(path)
     try:
         model.set_parameters(str(path), exact_match=True, device=device)
-    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"Checkpoint {str(path)!r} does not fit the run's model ({first}). Fix: resume with "
                               "the run folder that saved it, or use another checkpoint.") from None
