@@ -293,7 +293,7 @@ def _tuning_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     tuned = {agent: results[0].get("tuning") for agent, results in runs.items() if results[0].get("tuning")}
     if not tuned:
         return ["No agent's preset was tuned (`python -m ctm_rl.tune`): both use hand-set presets.", ""]
-    lines = [f"Tuned with `python -m ctm_rl.tune`: " + "; ".join(
+    lines = ["Tuned with `python -m ctm_rl.tune`: " + "; ".join(
         f"{agent}: study {t['study']} on {t['env']}, {t['trials']} trials of {t['timesteps_per_trial']:,} steps x "
         f"{t['seeds_per_trial']} seed(s), best trial {t['trial']} ({t['value']:.4g})" for agent, t in tuned.items()) + "."]
     untuned = [agent for agent in runs if agent not in tuned]

@@ -14,7 +14,6 @@ import shlex
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -56,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-freq", type=int, default=TrainConfig.checkpoint_freq,
                         help="env steps between checkpoints")
     parser.add_argument("--log-dir", default=TrainConfig.log_dir, help="parent folder of run folders")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest save (model.zip or a checkpoint)")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
     return parser
 

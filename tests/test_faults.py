@@ -1,12 +1,10 @@
 """Faults and resumes: nothing a run saved is lost, and resume continues from the newest saved state."""
 
-import csv
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

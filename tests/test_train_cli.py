@@ -150,7 +150,7 @@ def test_fewer_envs_keep_the_presets_minibatches_per_epoch(capsys, agent, env, n
 
     config, _ = resolve_config(env, agent, n_envs=n_envs)
     assert config.algo["batch_size"] == expected and config.n_envs == n_envs
-    assert f"batch_size" in capsys.readouterr().err
+    assert "batch_size" in capsys.readouterr().err
     explicit, _ = resolve_config(env, agent, {"batch_size": 64}, n_envs=n_envs)
     assert explicit.algo["batch_size"] == 64
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ctm_rl.model.config import MAX_DECAY, NEURON_SELECTIONS
+from ctm_rl.model.config import MAX_DECAY
 
 
 class SlidingWeights(NamedTuple):
