@@ -29,7 +29,7 @@ from torch import nn
 from ctm_rl.envs import ResolvedEnv, make_single_env, resolve_env
 from ctm_rl.errors import ConfigError
 from ctm_rl.model.config import CtmConfig
-from ctm_rl.sb3.lstm import lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.sb3.lstm import LstmPolicy, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.sb3.policy import CtmPolicy
 
 PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "algo", "policy_kwargs", "tuning")
@@ -71,7 +71,7 @@ def _lstm_policy(policy_kwargs: Mapping[str, Any]) -> tuple[type, dict[str, Any]
     arguments = _policy_arguments(policy_kwargs)
     if arguments.get("lstm_hidden_size") == MATCH:
         raise ConfigError("lstm_hidden_size is still 'match': build the config with resolve_config, which sizes it.")
-    return RecurrentActorCriticPolicy, lstm_policy_kwargs(**arguments)
+    return LstmPolicy, lstm_policy_kwargs(**arguments)
 
 
 @dataclass(frozen=True)

@@ -311,3 +311,33 @@ def test_detach_critic_keeps_the_value_loss_out_of_a_shared_ctm(detach_critic):
 def test_detach_critic_needs_a_shared_ctm():
     with pytest.raises(ConfigError, match="detach_critic=True applies to a shared CTM"):
         small_model(detach_critic=True, share_ctm=False)
+
+
+@pytest.mark.parametrize("kind", ["ctm", "lstm"])
+def test_multibinary_actions_train(kind):
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from ctm_rl.sb3.lstm import LstmPolicy, lstm_policy_kwargs
+
+    class Switches(gym.Env):
+        observation_space = spaces.Box(-1, 1, (3,), np.float32)
+        action_space = spaces.MultiBinary(3)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return np.zeros(3, np.float32), {}
+
+        def step(self, action):
+            self.t += 1
+            return np.zeros(3, np.float32), float(np.sum(action)), False, self.t >= 10, {}
+
+    policy, kwargs = ((CtmPolicy, SMALL_CTM) if kind == "ctm" else (LstmPolicy, lstm_policy_kwargs(16, d_input=8)))
+    model = CtmPPO(policy, DummyVecEnv([Switches, Switches]), n_steps=8, batch_size=16, n_epochs=2, seed=0,
+                   policy_kwargs=kwargs)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(32)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    actions, _ = model.predict(np.zeros((2, 3), np.float32))
+    assert actions.shape == (2, 3) and set(np.unique(actions)) <= {0, 1}

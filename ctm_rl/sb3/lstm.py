@@ -7,11 +7,23 @@ import math
 from typing import Any
 
 import gymnasium as gym
+from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from ctm_rl.sb3.encoders import ObservationEncoder
 from ctm_rl.sb3.policy import CtmPolicy
+
+class LstmPolicy(RecurrentActorCriticPolicy):
+    """sb3-contrib's recurrent policy, unchanged except that MultiBinary actions reach the action distribution as
+    floats (the rollout buffer keeps them in the space's integer type, which the Bernoulli log-probability
+    refuses)."""
+
+    def evaluate_actions(self, obs, actions, lstm_states, episode_starts):
+        if isinstance(self.action_space, spaces.MultiBinary):
+            actions = actions.float()
+        return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+
 
 # One LSTM shared by actor and critic, as in the CTM reference. Note that sb3-contrib trains a shared LSTM
 # with the actor's gradient only; pass enable_critic_lstm=True (and shared_lstm=False) for a separate one.
@@ -64,7 +76,7 @@ def match_lstm_hidden_size(observation_space: gym.Space, action_space: gym.Space
 
     def lstm_count(hidden: int) -> int:
         kwargs = lstm_policy_kwargs(hidden, d_input, **overrides)
-        return count_parameters(RecurrentActorCriticPolicy, observation_space, action_space, **kwargs)
+        return count_parameters(LstmPolicy, observation_space, action_space, **kwargs)
 
     p1, p2, p3 = lstm_count(1), lstm_count(2), lstm_count(3)
     a = (p3 - 2 * p2 + p1) / 2

@@ -285,6 +285,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         ``CtmPPO``'s buffers mark them (``PADDING``). Encoder, CTM and heads then run on the real steps only,
         and padded steps read zero.
         """
+        if isinstance(self.action_space, spaces.MultiBinary):
+            actions = actions.float()  # the rollout buffer keeps the space's integer type; Bernoulli wants floats
         real = episode_starts != PADDING
         rows = lengths = None
         if not bool(real.all()):
