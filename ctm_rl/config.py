@@ -28,7 +28,7 @@ from torch import nn
 
 from ctm_rl.envs import ResolvedEnv, make_single_env, resolve_env
 from ctm_rl.errors import ConfigError
-from ctm_rl.model.config import CtmConfig
+from ctm_rl.model.config import CtmConfig, is_int
 from ctm_rl.sb3.lstm import LstmPolicy, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.sb3.policy import CtmPolicy
 
@@ -186,17 +186,17 @@ class TrainConfig(SavedConfig):
         """Raise :class:`ConfigError` naming the first inconsistent setting; nothing is built or written."""
         for name in ("timesteps", "n_envs", "eval_episodes", "eval_envs"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: set {name} to 1 or more.")
         if self.policy not in POLICY_KINDS:
             raise ConfigError(f"Unknown policy kind {self.policy!r} in the {self.agent} preset. "
                               f"Fix: set `policy:` to one of {', '.join(POLICY_KINDS)}.")
         for name in ("eval_freq", "checkpoint_freq", "seed"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 disable = " (0 disables it)" if name != "seed" else ""
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix: set it to 0 or more{disable}.")
-        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
+        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
             raise ConfigError(f"max_steps must be an integer >= 1, got {self.max_steps!r}. Fix: a positive step "
                               f"limit, or leave --max-steps out for the env's own.")
         check_algo(self.algo)
@@ -208,10 +208,6 @@ class TrainConfig(SavedConfig):
             raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device auto or cpu.")
         if self.policy == "ctm":
             CtmConfig.from_mapping(self.policy_kwargs)  # raises for a bad CTM hyperparameter
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -243,7 +239,7 @@ def check_algo(algo: Mapping[str, Any]) -> None:
             value = schedule(value)(1.0)  # the schedule's start must be in range
         kind = "an integer" if integer else "a number"
         bounds = f"{'>=' if low_allowed else '>'} {low:g}" + ("" if high == float("inf") else f" and <= {high:g}")
-        valid = (_is_int(value) if integer else _is_number(value)) and (value >= low if low_allowed else value > low) \
+        valid = (is_int(value) if integer else _is_number(value)) and (value >= low if low_allowed else value > low) \
             and value <= high
         if not valid:
             raise ConfigError(f"{name} must be {kind} {bounds}, got {value!r}. Fix: --hyperparams {name}=<{kind.split()[-1]}>.")
@@ -441,7 +437,7 @@ def _keep_minibatches(config: TrainConfig, base: Mapping[str, Any]) -> None:
     base_rollout = base.get("n_envs", config.n_envs) * algo.get("n_steps", ALGO_DEFAULTS["n_steps"])
     base_batch = algo.get("batch_size", ALGO_DEFAULTS["batch_size"])
     rollout = config.n_envs * config.algo_setting("n_steps")
-    if not (_is_int(rollout) and _is_int(base_rollout) and _is_int(base_batch)) or rollout == base_rollout \
+    if not (is_int(rollout) and is_int(base_rollout) and is_int(base_batch)) or rollout == base_rollout \
             or rollout < 1 or base_batch < 1:
         return
     minibatches = max(1, base_rollout // base_batch)

@@ -52,9 +52,9 @@ class CtmConfig:
     def __post_init__(self) -> None:
         for name in ("d_model", "ticks", "memory_length", "synapse_depth", "n_synch_out"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: pass {name}=1 or more.")
-        if not _is_int(self.nlm_hidden) or self.nlm_hidden < 0:
+        if not is_int(self.nlm_hidden) or self.nlm_hidden < 0:
             raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {self.nlm_hidden!r}.")
         if self.n_synch_out > self.d_model:
             raise ConfigError(
@@ -89,5 +89,6 @@ class CtmConfig:
         return dataclasses.asdict(self)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer and not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)
