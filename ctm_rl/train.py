@@ -25,7 +25,7 @@ from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.sb3.callbacks import TimedEvalCallback
+from ctm_rl.sb3.callbacks import TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
 
@@ -141,6 +141,9 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
     venv = make_env(env, n_envs=config.n_envs, seed=config.seed, vec_env=config.vec_env,
                     monitor_dir=str(run_dir / "monitor"), max_steps=config.max_steps, env_kwargs=config.env_kwargs,
                     append_monitor=resume)
+    if env.entry_point is not None and episode_step_limit(venv) is None:
+        print(f"warning: {env.name} has no episode step limit, so a policy that never ends an episode (one that "
+              f"stands still, say) makes an evaluation run forever. Fix: pass --max-steps N.", file=sys.stderr)
     try:
         if not resume:
             model = build_model(config, venv, run_dir)

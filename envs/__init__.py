@@ -2,6 +2,6 @@
 
 from ctm_rl.envs.factory import make_env, make_single_env
 from ctm_rl.envs.registry import ResolvedEnv, resolve_env
-from ctm_rl.envs.wrappers import MaskVelocity, SymbolicGridBounds
+from ctm_rl.envs.wrappers import MaskVelocity, SymbolicGridBounds, TupleToDict
 
-__all__ = ["MaskVelocity", "ResolvedEnv", "SymbolicGridBounds", "make_env", "make_single_env", "resolve_env"]
+__all__ = ["MaskVelocity", "ResolvedEnv", "SymbolicGridBounds", "TupleToDict", "make_env", "make_single_env", "resolve_env"]

@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ctm_rl.errors import ConfigError
 from ctm_rl.envs.registry import ResolvedEnv, load_entry_point, resolve_env
-from ctm_rl.envs.wrappers import VELOCITY_INDICES, CheckFinite, MaskVelocity, SymbolicGridBounds
+from ctm_rl.envs.wrappers import VELOCITY_INDICES, CheckFinite, MaskVelocity, SymbolicGridBounds, TupleToDict
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
@@ -21,7 +21,8 @@ def make_single_env(
     """Build one environment with the project's observation conventions.
 
     MiniGrid environments observe their symbolic image (``ImgObsWrapper``), truncated at ``max_steps``; other
-    environments get a ``TimeLimit`` of ``max_steps`` when it is given; ``mask_velocity`` zeroes velocities.
+    environments get a ``TimeLimit`` of ``max_steps`` when it is given; ``mask_velocity`` zeroes velocities;
+    a ``Tuple`` observation becomes a ``Dict`` (:class:`~ctm_rl.envs.wrappers.TupleToDict`).
 
     :param env: the resolved environment.
     :param max_steps: episode step limit, or ``None`` for the environment's own.
@@ -46,6 +47,8 @@ def make_single_env(
             made = gym.wrappers.TimeLimit(made, max_episode_steps=max_steps)
     if env.mask_velocity:
         made = MaskVelocity(made, VELOCITY_INDICES[env.family])
+    if isinstance(made.observation_space, gym.spaces.Tuple):
+        made = TupleToDict(made)
     return made
 
 

@@ -13,6 +13,9 @@ from ctm_rl.errors import UnknownEnvError
 from ctm_rl.envs.wrappers import VELOCITY_INDICES
 
 NO_VELOCITY_SUFFIX = "-NoVel"
+
+# Env id prefixes whose package registers them on import, with the optional extra that installs it.
+ENV_PACKAGES: dict[str, tuple[str, str]] = {"popgym-": ("popgym", "popgym")}
 _VERSIONED = re.compile(r"^(?P<name>.+)-v(?P<version>\d+)$")
 
 
@@ -63,6 +66,19 @@ def import_env_module(module: str) -> None:
         ) from None
 
 
+def import_env_package(name: str) -> None:
+    """Import the package that registers ``name``'s ids (``popgym-...`` ids: POPGym), if it has one."""
+    for prefix, (module, extra) in ENV_PACKAGES.items():
+        if name.startswith(prefix):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise UnknownEnvError(
+                    f"{name!r} is a {module} environment, and {module} is not installed. "
+                    f"Fix: pip install 'ctm-rl[{extra}]'."
+                ) from None
+
+
 def load_entry_point(entry_point: str) -> type:
     """Import ``package.module:ClassName`` and return the class."""
     module_name, _, attribute = entry_point.partition(":")
@@ -98,7 +114,8 @@ def resolve_env(name: str, mask_velocity: bool = False, env_module: str | None =
 
     Accepts registered ids (``CartPole-v1``), ids without version, which resolve to the latest registered
     version (``MiniGrid-FourRooms``), the ``-NoVel`` suffix, which masks velocities (``CartPole-NoVel``), and
-    entry points (``package.module:ClassName``).
+    entry points (``package.module:ClassName``), and the ids of packages in :data:`ENV_PACKAGES`
+    (``popgym-RepeatPreviousEasy-v0``), whose package is imported on demand.
 
     :param name: the name to resolve.
     :param mask_velocity: mask velocities even without the ``-NoVel`` suffix.
@@ -109,6 +126,7 @@ def resolve_env(name: str, mask_velocity: bool = False, env_module: str | None =
 
     if env_module:
         import_env_module(env_module)
+    import_env_package(name)
     given = name
     if name.endswith(NO_VELOCITY_SUFFIX):
         name, mask_velocity = name[: -len(NO_VELOCITY_SUFFIX)], True

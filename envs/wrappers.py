@@ -52,6 +52,28 @@ class SymbolicGridBounds(gym.ObservationWrapper):
         return observation
 
 
+class TupleToDict(gym.ObservationWrapper):
+    """Presents a ``Tuple`` observation as a ``Dict`` keyed ``"0"``, ``"1"``, ... (SB3 encodes Dicts, not Tuples), so
+    that each part gets its own encoder: a Discrete or MultiDiscrete part is one-hot encoded per discrete
+    component, a Box part is read as a vector. POPGym's Autoencode, for example, observes ``Tuple(Discrete(2),
+    Discrete(4))``.
+
+    :param env: an environment with a Tuple observation space whose parts are not Tuples themselves.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        parts = env.observation_space.spaces
+        if any(isinstance(part, (spaces.Tuple, spaces.Dict)) for part in parts):
+            raise CtmRlError(
+                f"Nested Tuple or Dict observations are not supported: {env.observation_space}. Fix: wrap the env "
+                "so it observes a flat Tuple or Dict (for example gymnasium.wrappers.FlattenObservation).")
+        self.observation_space = spaces.Dict({str(i): part for i, part in enumerate(parts)})
+
+    def observation(self, observation: tuple) -> dict:
+        return {str(i): part for i, part in enumerate(observation)}
+
+
 class NonFiniteObservationError(CtmRlError):
     """An environment returned NaN or infinity in an observation."""
 

@@ -1,5 +1,7 @@
 """Environment factory: friendly names, masking, MiniGrid set-up, custom envs and errors."""
 
+import sys
+
 import numpy as np
 import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -57,6 +59,24 @@ def test_custom_env_by_entry_point_with_kwargs():
         assert not dones.any()
     _, _, dones, _ = venv.step(np.zeros(2, dtype=int))
     assert dones.all()
+
+
+def test_popgym_ids_resolve_with_tuple_observations_as_dicts():
+    pytest.importorskip("popgym")
+    assert resolve_env("popgym-AutoencodeEasy").gym_id == "popgym-AutoencodeEasy-v0"
+    venv = make_env("popgym-AutoencodeEasy-v0", n_envs=2, seed=0)
+    assert set(venv.observation_space.spaces) == {"0", "1"}
+    assert [venv.observation_space[key].n for key in ("0", "1")] == [2, 4]
+    observations = venv.reset()
+    assert venv.observation_space.contains({key: value[0] for key, value in observations.items()})
+    battleship = make_env("popgym-BattleshipEasy-v0", n_envs=1, seed=0)
+    assert battleship.action_space.nvec.tolist() == [8, 8]
+
+
+def test_popgym_id_without_popgym_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "popgym", None)  # makes `import popgym` fail
+    with pytest.raises(UnknownEnvError, match=r"popgym is not installed\. Fix: pip install 'ctm-rl\[popgym\]'"):
+        resolve_env("popgym-RepeatPreviousEasy-v0")
 
 
 def test_env_module_registers_ids():

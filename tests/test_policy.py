@@ -203,10 +203,36 @@ def test_action_spaces_train_and_evaluate(action_kind):
     assert model.action_space.contains(actions[0])
 
 
-def _toy_env(action_kind):
+def _toy_env(action_kind, observation_kind="box"):
     from ctm_rl.envs import make_env
 
-    return make_env("toy_envs:CueRecall", n_envs=2, seed=0, env_kwargs={"action_kind": action_kind})
+    return make_env("toy_envs:CueRecall", n_envs=2, seed=0,
+                    env_kwargs={"action_kind": action_kind, "observation_kind": observation_kind})
+
+
+@pytest.mark.parametrize("policy", ["ctm", "lstm"])
+def test_tuple_observations_are_one_hot_per_part_and_train_with_multidiscrete_actions(policy):
+    from ctm_rl.sb3.lstm import LstmPolicy, lstm_policy_kwargs
+
+    env = _toy_env("multidiscrete", "tuple")
+    assert list(env.observation_space.spaces) == ["0", "1"]
+    policy_class, kwargs = (CtmPolicy, SMALL_CTM) if policy == "ctm" else (LstmPolicy, lstm_policy_kwargs(8, 16))
+    model = CtmPPO(policy_class, env, n_steps=16, batch_size=32, n_epochs=2, policy_kwargs=kwargs, seed=0)
+    encoder = model.policy.features_extractor
+    assert set(encoder.encoders) == {"0", "1"} and encoder.features_dim == 2 * 16
+    # Each part is one-hot encoded on its own: cue 1 of 3 and "answer due" become [0, 1, 0] and [0, 1].
+    first_layer = encoder.encoders["0"].net[1][0]
+    assert first_layer.in_features == 3 and encoder.encoders["1"].net[1][0].in_features == 2
+    observation = {"0": torch.tensor([1]), "1": torch.tensor([1])}
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    one_hot = preprocess_obs(observation, model.observation_space)
+    assert one_hot["0"].tolist() == [[0.0, 1.0, 0.0]] and one_hot["1"].tolist() == [[0.0, 1.0]]
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(128)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.policy.parameters()))
+    actions, _ = model.predict(model.env.reset(), deterministic=True)
+    assert actions.shape == (2, 2) and all(model.action_space.contains(a) for a in actions)
 
 
 @pytest.mark.parametrize("space, encoder_type, features_dim", [

@@ -134,6 +134,13 @@ def test_a_run_whose_evaluation_interval_exceeds_its_budget_is_evaluated_once_at
         assert evaluations["timesteps"].tolist() == [64]
 
 
+@pytest.mark.parametrize("max_steps, warned", [([], True), (["--max-steps", "10"], False)])
+def test_a_class_env_without_step_limit_gets_a_warning(tmp_path, capsys, max_steps, warned):
+    assert run(tmp_path, "--env", "toy_envs:CueRecall", "--timesteps", "32", *max_steps, *TINY) == 0
+    err = capsys.readouterr().err
+    assert ("toy_envs:CueRecall has no episode step limit" in err and "Fix: pass --max-steps N" in err) == warned
+
+
 def test_a_log_dir_that_is_a_file_gets_a_clear_error(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert train_module.main(["--log-dir", str(tmp_path / "file"), "--timesteps", "32", "--no-progress-bar"]) == 2

@@ -14,11 +14,16 @@ class CueRecall(gym.Env):
     :param n_cues: number of cues.
     :param delay: blank steps between the cue and the answer.
     :param action_kind: ``discrete``, ``multidiscrete`` or ``box`` (the answer is read from the first entry).
+    :param observation_kind: ``box`` (one-hot cue, last entry for blank) or ``tuple`` (``Tuple(Discrete(n_cues +
+        1), Discrete(2))``: the cue index, ``n_cues`` for blank, and whether the answer is due).
     """
 
-    def __init__(self, n_cues: int = 2, delay: int = 3, action_kind: str = "discrete") -> None:
-        self.n_cues, self.delay = n_cues, delay
-        self.observation_space = spaces.Box(0.0, 1.0, shape=(n_cues + 1,), dtype=np.float32)
+    def __init__(self, n_cues: int = 2, delay: int = 3, action_kind: str = "discrete", observation_kind: str = "box") -> None:
+        self.n_cues, self.delay, self.observation_kind = n_cues, delay, observation_kind
+        self.observation_space = {
+            "box": spaces.Box(0.0, 1.0, shape=(n_cues + 1,), dtype=np.float32),
+            "tuple": spaces.Tuple((spaces.Discrete(n_cues + 1), spaces.Discrete(2))),
+        }[observation_kind]
         self.action_space = {
             "discrete": spaces.Discrete(n_cues),
             "multidiscrete": spaces.MultiDiscrete([n_cues, 2]),
@@ -26,7 +31,9 @@ class CueRecall(gym.Env):
         }[action_kind]
         self.action_kind = action_kind
 
-    def _observe(self) -> np.ndarray:
+    def _observe(self):
+        if self.observation_kind == "tuple":
+            return (self.cue if self.t == 0 else self.n_cues, int(self.t == self.delay))
         obs = np.zeros(self.n_cues + 1, dtype=np.float32)
         obs[self.cue if self.t == 0 else self.n_cues] = 1.0
         return obs

@@ -11,12 +11,13 @@ from stable_baselines3.common.vec_env import VecEnv
 
 
 def episode_step_limit(venv: VecEnv) -> int | None:
-    """The episode step limit of a vectorised environment's first env: MiniGrid's ``max_steps``, else the
-    ``TimeLimit`` of its spec; ``None`` if it has neither."""
-    try:
-        return int(venv.get_attr("max_steps", [0])[0])
-    except AttributeError:
-        pass
+    """The episode step limit of a vectorised environment's first env: MiniGrid's ``max_steps``, else that of a
+    ``TimeLimit`` wrapper or of its spec; ``None`` if it has none."""
+    for attribute in ("max_steps", "_max_episode_steps"):  # MiniGrid's own, gymnasium's TimeLimit
+        try:
+            return int(venv.get_attr(attribute, [0])[0])
+        except (AttributeError, TypeError):  # absent, or None
+            pass
     spec = venv.get_attr("spec", [0])[0]
     return None if spec is None or spec.max_episode_steps is None else int(spec.max_episode_steps)
 
