@@ -99,6 +99,21 @@ def recurrent_features(policy, state: tuple[np.ndarray, ...]) -> np.ndarray:
     return np.asarray(state[0])[-1]  # the last LSTM layer's hidden state, (N, hidden)
 
 
+def flat_observations(obs, space) -> np.ndarray:
+    """Observations as the encoders read them, flattened: Discrete and MultiDiscrete parts one-hot (a suit index
+    is a category, not a number to regress), Dict parts concatenated in key order. :return: ``(N, O)``."""
+    from gymnasium import spaces
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    def flat(values, part) -> np.ndarray:
+        tensor = preprocess_obs(torch.as_tensor(np.asarray(values)), part, normalize_images=False)
+        return tensor.reshape(tensor.shape[0], -1).double().numpy()
+
+    if isinstance(space, spaces.Dict):
+        return np.concatenate([flat(obs[key], part) for key, part in space.spaces.items()], axis=1)
+    return flat(obs, space)
+
+
 def record(model, venv, steps: int, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the agent for ``steps`` steps of every env of ``venv``; return states, flattened observations and
     episode starts, ``(T, N, ...)``."""
@@ -108,7 +123,7 @@ def record(model, venv, steps: int, deterministic: bool = True) -> tuple[np.ndar
     for _ in range(steps):
         action, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
         states.append(recurrent_features(model.policy, state))
-        observations.append(np.asarray(obs, dtype=np.float64).reshape(venv.num_envs, -1))
+        observations.append(flat_observations(obs, venv.observation_space))
         episode_starts.append(starts.copy())
         obs, _, dones, _ = venv.step(action)
         starts = dones.astype(bool)

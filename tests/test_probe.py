@@ -66,6 +66,15 @@ def test_the_probe_command_writes_one_score_per_lag(tmp_path, capsys):
     assert "lag" in capsys.readouterr().out
 
 
+def test_discrete_and_dict_observations_are_probed_one_hot():
+    from gymnasium import spaces
+
+    space = spaces.Dict({"0": spaces.Discrete(3), "1": spaces.Box(-1, 1, (2,))})
+    flat = probe.flat_observations({"0": np.array([2, 0]), "1": np.array([[0.5, -0.5], [0.0, 1.0]])}, space)
+    np.testing.assert_array_equal(flat, [[0, 0, 1, 0.5, -0.5], [1, 0, 0, 0.0, 1.0]])
+    np.testing.assert_array_equal(probe.flat_observations(np.array([1]), spaces.Discrete(4)), [[0, 1, 0, 0]])
+
+
 def test_the_probe_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert probe.main([str(tmp_path)]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
