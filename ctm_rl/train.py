@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", default=TrainConfig.log_dir, help="parent folder of run folders")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest save (model.zip or a checkpoint)")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback (an environment's own included), not one line")
     return parser
 
 
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Run folder: {run_dir}")
         model = train(config, env, run_dir, resume=bool(args.resume))
     except CtmRlError as error:
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(run_summary(run_dir))

@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ctm_rl.errors import ConfigError
 from ctm_rl.envs.registry import ResolvedEnv, load_entry_point, resolve_env
-from ctm_rl.envs.wrappers import VELOCITY_INDICES, CheckFinite, MaskVelocity, SymbolicGridBounds, TupleToDict
+from ctm_rl.envs.wrappers import VELOCITY_INDICES, GuardEnv, MaskVelocity, SymbolicGridBounds, TupleToDict
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
@@ -64,7 +64,8 @@ def make_env(
     env_module: str | None = None,
     append_monitor: bool = False,
 ) -> VecEnv:
-    """A vectorised, Monitor-wrapped environment by name.
+    """A vectorised, Monitor-wrapped environment by name, whose faults (exceptions, misfit or non-finite
+    observations) stop with a clear error (:class:`~ctm_rl.envs.wrappers.GuardEnv`).
 
     :param name: environment name (see :func:`envs.registry.resolve_env`) or an already resolved one.
     :param n_envs: number of parallel environments.
@@ -92,4 +93,4 @@ def make_env(
         env_kwargs=dict(env=resolved, max_steps=max_steps, env_kwargs=env_kwargs),
         monitor_kwargs={"override_existing": not append_monitor},
     )
-    return CheckFinite(venv, resolved.name)
+    return GuardEnv(venv, resolved.name)

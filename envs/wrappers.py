@@ -78,9 +78,19 @@ class NonFiniteObservationError(CtmRlError):
     """An environment returned NaN or infinity in an observation."""
 
 
-class CheckFinite(VecEnvWrapper):
-    """Stops with a clear error, naming the env, the step and the observation key, when an observation holds
-    NaN or infinity (which would otherwise surface as an invalid distribution deep inside torch).
+class EnvFaultError(CtmRlError):
+    """An environment raised an exception in ``reset`` or ``step``, or returned an observation that does not fit
+    its observation space. The original exception is its ``__cause__``."""
+
+
+class GuardEnv(VecEnvWrapper):
+    """Turns an environment's faults into one clear error naming the env and the step, where they would
+    otherwise surface as a traceback from deep inside SB3 or torch:
+
+    - an exception raised by the env's ``reset`` or ``step`` (:class:`EnvFaultError`, the original exception
+      chained as its cause);
+    - an observation whose shape does not fit the observation space (:class:`EnvFaultError`);
+    - NaN or infinity in an observation, naming the observation key (:class:`NonFiniteObservationError`).
 
     :param venv: the vectorised environment.
     :param name: the environment's name, for the message.
@@ -92,15 +102,29 @@ class CheckFinite(VecEnvWrapper):
         self.steps = 0
 
     def reset(self):
-        observations = self.venv.reset()
+        observations = self._call(self.venv.reset, "reset")
         self._check(observations, "reset")
         return observations
 
     def step_wait(self):
-        observations, rewards, dones, infos = self.venv.step_wait()
         self.steps += 1
+        observations, rewards, dones, infos = self._call(self.venv.step_wait, f"step {self.steps}")
         self._check(observations, f"step {self.steps}")
         return observations, rewards, dones, infos
+
+    def _call(self, function, when: str):
+        try:
+            return function()
+        except CtmRlError:
+            raise
+        except Exception as error:
+            if isinstance(error, ValueError) and "broadcast" in str(error):  # the vec env's observation buffer
+                problem = f"returned an observation that does not fit its observation space " \
+                          f"{self.observation_space} at {when} ({error})"
+            else:
+                problem = f"raised {type(error).__name__} at {when}: {error}"
+            raise EnvFaultError(f"{self.name} {problem}. Fix: correct the environment; run with --debug to see "
+                                f"the environment's traceback.") from error
 
     def _check(self, observations, when: str) -> None:
         parts = observations.items() if isinstance(observations, dict) else [(None, observations)]

@@ -96,7 +96,7 @@ def test_bad_entry_point_and_module_errors():
 def test_vectorisation_and_monitor(tmp_path, vec_env, cls):
     venv = make_env("CartPole-v1", n_envs=2, seed=0, vec_env=vec_env, monitor_dir=str(tmp_path))
     try:
-        assert isinstance(venv.venv, cls) and venv.num_envs == 2  # under the finiteness check
+        assert isinstance(venv.venv, cls) and venv.num_envs == 2  # under the guard
         venv.reset()
         for _ in range(60):
             venv.step(np.ones(2, dtype=int))
@@ -117,3 +117,26 @@ def test_non_finite_observations_stop_training_with_the_env_and_step_named(tmp_p
     err = capsys.readouterr().err
     assert "toy_envs:GoesNonFinite returned NaN or infinity in the observation at step 5 (env 0)" in err
     assert "Fix:" in err and "Traceback" not in err
+
+
+FAULT_RUN = ["--timesteps", "64", "--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "d_model=16",
+             "d_input=8", "n_synch_out=4", "--eval-freq", "0", "--no-progress-bar"]
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("raise", "toy_envs:Faulty raised RuntimeError at step 3: the simulator lost its state. Fix:"),
+    ("shape", "toy_envs:Faulty returned an observation that does not fit its observation space Box(-1.0, 1.0, (3,), "
+              "float32) at step 3"),
+])
+def test_an_env_fault_is_one_line_naming_env_and_step_and_debug_shows_its_traceback(tmp_path, capsys, fault, message):
+    import ctm_rl.train as train_module
+    from ctm_rl.envs.wrappers import EnvFaultError
+
+    args = ["--env", "toy_envs:Faulty", "--env-kwargs", f"fault={fault}", "--max-steps", "50", "--log-dir",
+            str(tmp_path), *FAULT_RUN]
+    assert train_module.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(EnvFaultError) as raised:
+        train_module.main([*args, "--debug"])
+    assert isinstance(raised.value.__cause__, RuntimeError if fault == "raise" else ValueError)

@@ -247,6 +247,33 @@ def test_encoder_is_chosen_from_the_observation_space(space, encoder_type, featu
     assert encoder.features_dim == features_dim
 
 
+@pytest.mark.parametrize("route", ["env", "make_vec_env"])
+def test_minigrid_img_obs_wrapper_grid_is_refused_with_the_fix_and_the_fix_encodes_it(route):
+    import gymnasium as gym
+    from minigrid.wrappers import ImgObsWrapper
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from ctm_rl.envs import SymbolicGridBounds
+
+    def build(*wrappers):
+        def one():
+            env = ImgObsWrapper(gym.make("MiniGrid-DoorKey-5x5-v0"))
+            for wrapper in wrappers:
+                env = wrapper(env)
+            return env
+        return one() if route == "env" else make_vec_env(one, n_envs=2, seed=0)
+
+    with pytest.raises(UnsupportedSpaceError, match=r"7x7 pixels .* wrap the env in ctm_rl.envs.SymbolicGridBounds"):
+        CtmPPO(CtmPolicy, build(), n_steps=16, batch_size=32, policy_kwargs=SMALL_CTM)
+    model = CtmPPO(CtmPolicy, build(SymbolicGridBounds), n_steps=16, batch_size=32, policy_kwargs=SMALL_CTM)
+    encoder = model.policy.features_extractor
+    assert isinstance(encoder.encoders["obs"], GridEncoder)
+    grid = torch.as_tensor(model.env.reset())
+    assert grid.max() > 1  # indices such as the wall's 2 reach the encoder unscaled
+    features = model.policy.extract_features(grid, model.policy.features_extractor)
+    torch.testing.assert_close(features, encoder.encoders["obs"](grid.float()))
+
+
 def test_dict_observation_combines_encoders():
     space = spaces.Dict({"grid": spaces.Box(0, 10, (5, 5, 3), np.uint8), "vec": spaces.Box(-1, 1, (3,))})
     model = CtmPPO(CtmPolicy, dict_env(space), n_steps=32, batch_size=8, policy_kwargs=SMALL_CTM, seed=0)

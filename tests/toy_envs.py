@@ -78,3 +78,20 @@ class GoesNonFinite(gym.Env):
         if self.t >= self.bad_step:
             obs[0] = self.value
         return obs, 0.0, False, self.t >= 50, {}
+
+
+class Faulty(GoesNonFinite):
+    """Like :class:`GoesNonFinite`, but at step ``bad_step`` it raises (``fault="raise"``) or returns an
+    observation one entry too long (``fault="shape"``)."""
+
+    def __init__(self, bad_step: int = 3, fault: str = "raise") -> None:
+        super().__init__(bad_step)
+        self.fault = fault
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.t == self.bad_step:
+            if self.fault == "raise":
+                raise RuntimeError("the simulator lost its state")
+            obs = np.zeros(4, dtype=np.float32)
+        return obs, reward, terminated, truncated, info

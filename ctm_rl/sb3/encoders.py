@@ -141,8 +141,16 @@ def _encoder_for(space: gym.Space, d_input: int, key: str | None = None) -> Base
     if is_symbolic_grid(space):
         return GridEncoder(space, d_input)
     if isinstance(space, spaces.Box) and is_image_space(space, check_channels=False):
-        if min(space.shape[1:] if space.shape[0] in (1, 3, 4) else space.shape[:2]) < _MIN_CNN_SIDE:
-            raise UnsupportedSpaceError(f"Image observation{where} {space} is smaller than {_MIN_CNN_SIDE} pixels per side.")
+        channels_first = space.shape[0] in (1, 3, 4)
+        height, width = space.shape[1:] if channels_first else space.shape[:2]
+        if min(height, width) < _MIN_CNN_SIDE:
+            raise UnsupportedSpaceError(
+                f"Image observation{where} of {height}x{width} pixels ({space}, channels first as SB3 hands it over) "
+                f"is smaller than the {_MIN_CNN_SIDE}x{_MIN_CNN_SIDE} pixels the CNN reads. Fix: if it is MiniGrid's "
+                "symbolic grid (ImgObsWrapper declares its object, colour and state indices as 0-255 pixels), wrap "
+                "the env in ctm_rl.envs.SymbolicGridBounds after ImgObsWrapper, or train it by name (--env "
+                "MiniGrid-...); for a real image, resize it (gymnasium.wrappers.ResizeObservation) or pass your own "
+                "features_extractor_class in policy_kwargs.")
         return NatureCNN(space, features_dim=d_input)
     if isinstance(space, spaces.Box) or isinstance(space, _FLAT_SPACES):
         return VectorEncoder(space, d_input)
