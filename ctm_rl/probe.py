@@ -133,15 +133,12 @@ def record(model, venv, steps: int, deterministic: bool = True) -> tuple[np.ndar
 def probe_run(run_dir: Path, steps: int = 2000, max_lag: int = 16, n_envs: int = 8, seed: int = 12_345,
               deterministic: bool = True) -> list[ProbePoint]:
     """Probe the newest save of a run folder (loaded safely, from its config), on fresh environments."""
-    from ctm_rl.envs import make_env, resolve_env
-    from ctm_rl.sb3.checkpoints import load_newest
-    from ctm_rl.train import build_model, read_run_config
+    from ctm_rl.train import load_run_model, read_run_config, run_env
 
     config = read_run_config(run_dir)
-    env = resolve_env(config.env, config.mask_velocity, config.env_module)
-    venv = make_env(env, n_envs=n_envs, seed=seed, max_steps=config.max_steps, env_kwargs=config.env_kwargs)
+    venv = run_env(config, n_envs, seed)
     try:
-        model, _ = load_newest(run_dir, lambda: build_model(config, venv, run_dir), config.device)
+        model = load_run_model(run_dir, venv, config)
         states, observations, starts = record(model, venv, steps, deterministic)
     finally:
         venv.close()

@@ -200,6 +200,25 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         raise ConfigError(f"{run_dir / CONFIG_FILE} is damaged ({error}). Fix: restore it, or start a new run.") from None
 
 
+def load_run_model(run_dir: Path, venv: VecEnv, config: TrainConfig | None = None) -> RecurrentPPO:
+    """A run folder's newest readable save, rebuilt from its ``config.yaml`` with ``venv`` attached; nothing in
+    the folder is unpickled.
+
+    :param venv: environments with the run's spaces (see :func:`run_env`).
+    :param config: the run's configuration, if already read.
+    """
+    config = config or read_run_config(run_dir)
+    model, _ = load_newest(run_dir, lambda: build_model(config, venv, run_dir), config.device)
+    return model
+
+
+def run_env(config: TrainConfig, n_envs: int = 1, seed: int = 12_345, render_mode: str | None = None) -> VecEnv:
+    """Fresh environments as a run trained on (same env, step limit and env arguments), without monitor files."""
+    env = resolve_env(config.env, config.mask_velocity, config.env_module)
+    return make_env(env, n_envs=n_envs, seed=seed, max_steps=config.max_steps, env_kwargs=config.env_kwargs,
+                    render_mode=render_mode)
+
+
 # What --resume may change; every other flag is the run's own, recorded in its config.yaml.
 _RESUMABLE = {"resume", "timesteps", "device", "no_progress_bar"}
 

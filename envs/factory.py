@@ -63,6 +63,7 @@ def make_env(
     mask_velocity: bool = False,
     env_module: str | None = None,
     append_monitor: bool = False,
+    render_mode: str | None = None,
 ) -> VecEnv:
     """A vectorised, Monitor-wrapped environment by name, whose faults (exceptions, misfit or non-finite
     observations) stop with a clear error (:class:`~ctm_rl.envs.wrappers.GuardEnv`).
@@ -78,6 +79,7 @@ def make_env(
     :param env_module: module imported first so that it registers its ids.
     :param append_monitor: append to the Monitor CSVs already in ``monitor_dir`` (a resumed run) instead of
         replacing them.
+    :param render_mode: gymnasium render mode of every env (``rgb_array`` for frames).
     """
     if vec_env not in VEC_ENV_CLASSES:
         raise ConfigError(f"vec_env must be one of {', '.join(VEC_ENV_CLASSES)}, got {vec_env!r}.")
@@ -90,7 +92,7 @@ def make_env(
         seed=seed,
         monitor_dir=monitor_dir,
         vec_env_cls=VEC_ENV_CLASSES[vec_env],
-        env_kwargs=dict(env=resolved, max_steps=max_steps, env_kwargs=env_kwargs),
+        env_kwargs=dict(env=resolved, max_steps=max_steps, env_kwargs=env_kwargs, render_mode=render_mode),
         monitor_kwargs={"override_existing": not append_monitor},
     )
     return GuardEnv(venv, resolved.name)

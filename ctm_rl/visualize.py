@@ -1,0 +1,371 @@
+"""Watch a trained agent think: episode animations, a neural-dynamics figure, tick probes, and returns at other
+tick counts than the agent was trained with.
+
+    python -m ctm_rl.visualize runs/CartPole-NoVel/ctm-seed0 --episodes 2 --out viz/cartpole
+    python -m ctm_rl.visualize runs/CartPole-NoVel/ctm-seed0 --ticks 1 2 4 8       # think longer at test time
+    python -m ctm_rl.visualize model.zip --env MiniGrid-DoorKey-5x5 --trust-pickle   # a model file on its own
+
+Each episode becomes an animated GIF (and an MP4 with ``pip install 'ctm-rl[video]'``), one frame per env step:
+the environment (or a plot of the observation where it has no renderer); the action probabilities with the
+chosen action marked, the value estimate, the reward and the return so far; a few neurons' post-activations
+(pre-activations dashed) scrolling with time, ticks on the time axis and env steps marked; and the output
+synchronisation as a heat strip. LSTM agents show hidden units (cell units dashed) and their hidden state.
+
+Per episode it also draws ``dynamics-<n>.png`` (many neurons' traces over the whole episode, and the
+synchronisation over time) and, for agents with more than one tick, ``ticks-<n>.png`` (the action distribution
+and its entropy after every internal tick: the tick probes). It prints each episode's return and dynamics
+measures. With several ``--ticks`` it evaluates the agent at each count and prints return against ticks.
+
+A run folder is loaded without unpickling anything (rebuilt from its ``config.yaml`` and its tensors); a model
+file inside a run folder is loaded the same way, a model file on its own only with ``--trust-pickle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ctm_rl.dynamics import (EpisodeRecord, agent_kind, dynamics_measures, evaluate_ticks, record_episode,
+                             ticks_of)
+from ctm_rl.errors import ConfigError, CtmRlError
+
+TRACED_UNITS = 6
+"""Neurons (or LSTM units) whose traces scroll in the animation."""
+WINDOW_TICKS = 40
+"""Time points the scrolling trace panel shows."""
+GRID_UNITS = 24
+"""Neurons in the dynamics figure's grid."""
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _canvas_image(figure) -> np.ndarray:
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _unit_labels(kind: str) -> tuple[str, str, str]:
+    """Names of the solid and dashed traces and of the output, per agent kind."""
+    if kind == "ctm":
+        return "post-activation", "pre-activation", "synchronisation"
+    return "hidden", "cell", "hidden state"
+
+
+def _traced_units(episode: EpisodeRecord, count: int) -> np.ndarray:
+    """The ``count`` units whose traces vary most over the episode."""
+    spread = episode.unit_trace().std(axis=0)
+    return np.sort(np.argsort(spread)[::-1][:count])
+
+
+def _colour_range(values: np.ndarray) -> tuple[float, float]:
+    """A colour scale symmetric about 0 that a few large entries do not wash out."""
+    bound = float(np.percentile(np.abs(values), 98)) or 1.0
+    return -bound, bound
+
+
+def _padded_range(values: np.ndarray) -> tuple[float, float]:
+    low, high = float(values.min()), float(values.max())
+    pad = 0.05 * (high - low) or 1.0
+    return low - pad, high + pad
+
+
+def _entropy(probabilities: np.ndarray) -> np.ndarray:
+    p = np.clip(probabilities, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=-1)
+
+
+def draw_frames(episode: EpisodeRecord, size: tuple[float, float] = (9.0, 4.5), dpi: int = 64) -> list[np.ndarray]:
+    """The animation's frames, one per env step (see the module docstring for the panels)."""
+    plt = _matplotlib()
+    figure = plt.figure(figsize=size, dpi=dpi)
+    grid = figure.add_gridspec(2, 3, width_ratios=[1.1, 1, 1], height_ratios=[1, 1], wspace=0.35, hspace=0.5)
+    env_axes, action_axes = figure.add_subplot(grid[:, 0]), figure.add_subplot(grid[0, 1])
+    output_axes, trace_axes = figure.add_subplot(grid[0, 2]), figure.add_subplot(grid[1, 1:])
+    solid, dashed, output_name = _unit_labels(episode.kind)
+    units = _traced_units(episode, TRACED_UNITS)
+    trace, inner = episode.unit_trace()[:, units], episode.unit_trace(inner=True)[:, units]
+    low, high = _colour_range(np.stack([step.output for step in episode.steps]))
+    inner_axes = trace_axes.twinx()  # pre-activations (cell units) live on another scale than post-activations
+    trace_range, inner_range = _padded_range(trace), _padded_range(inner)
+    colours = plt.get_cmap("tab10")(np.arange(len(units)) % 10)
+    ticks, returns = episode.ticks, np.cumsum([step.reward for step in episode.steps])
+    frames = []
+    for t, step in enumerate(episode.steps):
+        for axes in (env_axes, action_axes, output_axes, trace_axes, inner_axes):
+            axes.cla()
+        # --- The environment, or its observation where it has no renderer ---
+        if episode.frames:
+            env_axes.imshow(episode.frames[t])
+            env_axes.set_axis_off()
+        else:
+            env_axes.bar(np.arange(len(episode.observations[t])), episode.observations[t], color="grey")
+            env_axes.set_title("observation", fontsize=9)
+        env_axes.set_title(f"step {t + 1}   return {returns[t]:.3g}", fontsize=9)
+        # --- The decision: action probabilities, value, reward ---
+        if step.probabilities is not None:
+            chosen = int(np.asarray(step.action).reshape(-1)[0])
+            bar_colours = ["tab:orange" if a == chosen else "tab:blue" for a in range(len(step.probabilities))]
+            action_axes.bar(np.arange(len(step.probabilities)), step.probabilities, color=bar_colours)
+            action_axes.set_ylim(0, 1)
+            action_axes.set_xticks(np.arange(len(step.probabilities)))
+            action_axes.set_title(f"action {chosen} (orange)", fontsize=9)
+        else:
+            action = np.asarray(step.action, dtype=float).reshape(-1)
+            action_axes.bar(np.arange(len(action)), action, color="tab:orange")
+            action_axes.set_title("action", fontsize=9)
+        action_axes.set_xlabel(f"value {step.value:.3g}   reward {step.reward:.3g}", fontsize=8)
+        action_axes.tick_params(labelsize=7)
+        # --- What the heads read, as a heat strip ---
+        output_axes.imshow(step.output[None], aspect="auto", cmap="coolwarm", vmin=low, vmax=high)
+        output_axes.set_yticks([])
+        output_axes.set_title(output_name, fontsize=9)
+        output_axes.tick_params(labelsize=7)
+        # --- A few units over the last WINDOW_TICKS time points, env steps marked ---
+        end = (t + 1) * ticks
+        start = max(0, end - WINDOW_TICKS)
+        time = np.arange(start, end)
+        for i, colour in enumerate(colours):
+            trace_axes.plot(time, trace[start:end, i], color=colour, linewidth=1.2)
+            inner_axes.plot(time, inner[start:end, i], color=colour, linewidth=0.8, linestyle="--", alpha=0.6)
+        if ticks > 1:
+            for boundary in range((start + ticks - 1) // ticks * ticks, end, ticks):
+                trace_axes.axvline(boundary - 0.5, color="grey", linewidth=0.5, alpha=0.5)
+        trace_axes.set_xlim(max(0, end - WINDOW_TICKS) - 0.5, max(end, WINDOW_TICKS) - 0.5)
+        trace_axes.set_ylim(*trace_range)
+        inner_axes.set_ylim(*inner_range)
+        inner_axes.tick_params(labelsize=6, colors="grey")
+        trace_axes.set_xlabel("internal tick (grey lines: env steps)" if episode.kind == "ctm" else "env step",
+                              fontsize=8)
+        trace_axes.set_title(f"{len(units)} units: {solid} (solid, left), {dashed} (dashed, right)", fontsize=9)
+        trace_axes.tick_params(labelsize=7)
+        frames.append(_canvas_image(figure))
+    plt.close(figure)
+    return frames
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: int = 8) -> None:
+    """An animated GIF, one frame per env step, looping."""
+    from PIL import Image
+
+    images = [Image.fromarray(frame).quantize(colors=64, method=Image.Quantize.MEDIANCUT) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, optimize=True)
+
+
+def write_mp4(frames: list[np.ndarray], path: Path, fps: int = 8) -> bool:
+    """An MP4 when ``imageio-ffmpeg`` is installed (``ctm-rl[video]``); False without it."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return False
+    height, width = frames[0].shape[:2]
+    even = [frame[: height // 2 * 2, : width // 2 * 2] for frame in frames]  # H.264 needs even sides
+    writer = imageio_ffmpeg.write_frames(str(path), (even[0].shape[1], even[0].shape[0]), fps=fps, quality=6,
+                                         macro_block_size=1)
+    writer.send(None)
+    for frame in even:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return True
+
+
+def dynamics_figure(episode: EpisodeRecord, path: Path, units: int = GRID_UNITS) -> list[str]:
+    """Many units' traces over the whole episode (a grid, one panel per unit, env steps marked) and the output
+    over time. :return: the panels' titles, grid panels first."""
+    plt = _matplotlib()
+    solid, dashed, output_name = _unit_labels(episode.kind)
+    chosen = _traced_units(episode, units)
+    trace, inner = episode.unit_trace(), episode.unit_trace(inner=True)
+    columns = 6
+    rows = -(-len(chosen) // columns)
+    figure = plt.figure(figsize=(12, 1.3 * rows + 2.6), dpi=80)
+    grid = figure.add_gridspec(rows + 1, columns, height_ratios=[1] * rows + [1.6], hspace=0.6)
+    titles = []
+    time = np.arange(len(trace))
+    for i, unit in enumerate(chosen):
+        axes = figure.add_subplot(grid[i // columns, i % columns])
+        axes.plot(time, trace[:, unit], linewidth=0.9, color="tab:blue")
+        axes.plot(time, inner[:, unit], linewidth=0.6, color="tab:grey", linestyle="--")
+        if episode.ticks > 1 and len(episode.steps) <= 60:
+            for boundary in range(episode.ticks, len(trace), episode.ticks):
+                axes.axvline(boundary - 0.5, color="grey", linewidth=0.4, alpha=0.4)
+        axes.set_title(f"unit {unit}", fontsize=7)
+        axes.tick_params(labelsize=6)
+        titles.append(f"unit {unit}")
+    axes = figure.add_subplot(grid[rows, :])
+    outputs = np.stack([step.output for step in episode.steps]).T  # (P, steps)
+    low, high = _colour_range(outputs)
+    image = axes.imshow(outputs, aspect="auto", cmap="coolwarm", interpolation="nearest", vmin=low, vmax=high)
+    figure.colorbar(image, ax=axes, fraction=0.02)
+    axes.set_xlabel("env step")
+    axes.set_ylabel("pair" if episode.kind == "ctm" else "unit")
+    title = f"{output_name} over the episode"
+    axes.set_title(title, fontsize=9)
+    titles.append(title)
+    time_axis = "internal tick" if episode.kind == "ctm" else "env step"
+    figure.suptitle(f"{episode.kind.upper()}: {solid} (solid) and {dashed} (dashed) per {time_axis}, return "
+                    f"{episode.total_return:.3g}", fontsize=10)
+    figure.savefig(path)
+    plt.close(figure)
+    return titles
+
+
+def tick_probe_figure(episode: EpisodeRecord, path: Path, max_steps: int = 12) -> None:
+    """The action distribution and its entropy after every internal tick, for the episode's first steps."""
+    if episode.ticks < 2 or episode.steps[0].tick_probabilities is None:
+        raise ConfigError("Tick probes need a CTM with more than one tick and Discrete actions. Fix: --ticks 2 or more.")
+    plt = _matplotlib()
+    shown = episode.steps[:max_steps]
+    probabilities = np.concatenate([step.tick_probabilities for step in shown])  # (steps * K, A)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.5), dpi=80, sharex=True)
+    top.imshow(probabilities.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    top.set_ylabel("action")
+    top.set_title("action probabilities after each internal tick (tick probes); white lines: env steps", fontsize=9)
+    bottom.plot(_entropy(probabilities), color="tab:purple")
+    bottom.set_ylabel("entropy")
+    bottom.set_xlabel("internal tick")
+    for axes in (top, bottom):
+        for boundary in range(episode.ticks, len(probabilities), episode.ticks):
+            axes.axvline(boundary - 0.5, color="white" if axes is top else "grey", linewidth=1)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def load_agent_for_viewing(source: Path, env: str | None, trust_pickle: bool, render: bool = True):
+    """The agent of a run folder or model file with a one-env environment to watch it in.
+
+    :return: the model, its one-env VecEnv (rendering ``rgb_array``), and the run's config (``None`` for a model
+        file loaded on its own).
+    """
+    from ctm_rl.config import resolve_config
+    from ctm_rl.sb3.checkpoints import load_agent, load_weights
+    from ctm_rl.train import build_model, load_run_model, read_run_config, run_env
+
+    render_mode = "rgb_array" if render else None
+    if source.is_dir():
+        config = read_run_config(source)
+        if env:
+            raise ConfigError("--env is for a model file on its own; a run folder names its env. Fix: drop --env.")
+        venv = run_env(config, render_mode=render_mode)
+        return load_run_model(source, venv, config), venv, config
+    if not source.exists():
+        raise ConfigError(f"{source} does not exist. Fix: pass a run folder or a model .zip.")
+    run_dir = next((folder for folder in (source.parent, source.parent.parent) if (folder / "config.yaml").exists()),
+                   None)
+    if run_dir is not None:  # a save inside its run folder: rebuild from the folder, read only tensors
+        config = read_run_config(run_dir)
+        venv = run_env(config, render_mode=render_mode)
+        return load_weights(build_model(config, venv, run_dir), source, config.device), venv, config
+    if not env:
+        raise ConfigError(f"{source} is not inside a run folder, so its env is unknown. Fix: pass --env NAME.")
+    from ctm_rl.envs import make_env, resolve_env
+
+    venv = make_env(resolve_env(env), n_envs=1, seed=12_345, render_mode=render_mode)
+    return load_agent(source, env=venv, trust_pickle=trust_pickle), venv, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ctm_rl.visualize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a run folder, or a model .zip")
+    parser.add_argument("--episodes", type=int, default=1, help="episodes to record (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=12_345, help="seed of the first episode's env (default: %(default)s)")
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                         help="take the likeliest action (default)")
+    actions.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    parser.add_argument("--out", type=Path, help="output folder (default: SOURCE's folder /visualize)")
+    parser.add_argument("--ticks", type=int, nargs="+", metavar="K",
+                        help="internal ticks per step at test time (CTM agents); several: record each, and "
+                             "evaluate return against ticks")
+    parser.add_argument("--eval-episodes", type=int, default=20,
+                        help="episodes per tick count when several --ticks are given (default: %(default)s)")
+    parser.add_argument("--max-frames", type=int, help="animate at most this many steps of each episode")
+    parser.add_argument("--fps", type=int, default=8, help="frames per second of the animations (default: %(default)s)")
+    parser.add_argument("--env", help="environment of a model file that is not inside a run folder")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load a model file on its own, which unpickles it and runs any code it carries")
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}.")
+    if args.ticks and min(args.ticks) < 1:
+        raise ConfigError(f"--ticks must all be >= 1, got {args.ticks}.")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}.")
+    if args.eval_episodes < 1 or args.fps < 1:
+        raise ConfigError("--eval-episodes and --fps must be >= 1.")
+
+
+def visualize(args: argparse.Namespace) -> dict:
+    """Record, draw and evaluate as the command line asks; return what it printed, as a summary dict."""
+    _validate(args)
+    model, venv, config = load_agent_for_viewing(args.source, args.env, args.trust_pickle)
+    out = args.out or (args.source if args.source.is_dir() else args.source.parent) / "visualize"
+    kind = agent_kind(model)
+    summary: dict = {"agent": kind, "episodes": []}
+    try:
+        if args.ticks and kind != "ctm":
+            raise ConfigError("Only CTM agents have internal ticks. Fix: drop --ticks for an LSTM agent.")
+        out.mkdir(parents=True, exist_ok=True)
+        for ticks in args.ticks or [None]:
+            with ticks_of(model, ticks):
+                for number in range(args.episodes):
+                    venv.seed(args.seed + number)
+                    episode = record_episode(model, venv, args.deterministic)
+                    name = f"episode-{number}" + (f"-ticks{ticks}" if ticks else "")
+                    shown = EpisodeRecord(episode.kind, episode.ticks, episode.steps[: args.max_frames],
+                                          episode.frames[: args.max_frames], episode.observations[: args.max_frames])
+                    frames = draw_frames(shown)
+                    write_gif(frames, out / f"{name}.gif", args.fps)
+                    write_mp4(frames, out / f"{name}.mp4", args.fps)
+                    dynamics_figure(episode, out / f"dynamics-{name.removeprefix('episode-')}.png")
+                    if episode.ticks > 1 and episode.steps[0].tick_probabilities is not None:
+                        tick_probe_figure(episode, out / f"ticks-{name.removeprefix('episode-')}.png")
+                    measures = dynamics_measures(episode.unit_trace())
+                    row = {"episode": number, "ticks": episode.ticks, "return": episode.total_return,
+                           "steps": len(episode.steps), **asdict(measures)}
+                    summary["episodes"].append(row)
+                    print(f"{name}: return {episode.total_return:.4g} over {len(episode.steps)} steps; dynamics: "
+                          f"dominant-frequency spread {measures.frequency_spread:.3g}, mean |correlation| "
+                          f"{measures.mean_correlation:.3g} ({measures.active_units} varying units)")
+        if args.ticks and len(args.ticks) > 1:
+            evaluation = evaluate_ticks(model, venv, args.ticks, args.eval_episodes, args.deterministic, args.seed)
+            summary["ticks"] = [{"ticks": e.ticks, "mean": e.mean.value, "low": e.mean.low, "high": e.mean.high,
+                                 "returns": e.returns} for e in evaluation]
+            print(f"Return against test-time ticks ({args.eval_episodes} episodes each, mean [95% CI]):")
+            for e in evaluation:
+                print(f"  {e.ticks:>3} ticks: {e.mean.value:.4g} [{e.mean.low:.4g}, {e.mean.high:.4g}]")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"Wrote {out}")
+    finally:
+        venv.close()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        visualize(args)
+    except CtmRlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
