@@ -47,6 +47,7 @@ class RunJob:
     :param command: the comparison's command line, recorded in the run folder.
     :param threads: torch threads for the run.
     :param runs_at_once: runs sharing the machine with it (``None`` when a scheduler decides), for the record.
+    :param test_ticks: tick counts at which a trained CTM is also evaluated.
     """
 
     agent: str
@@ -56,6 +57,7 @@ class RunJob:
     command: str = ""
     threads: int = 1
     runs_at_once: int | None = None
+    test_ticks: tuple[int, ...] = ()
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -99,6 +101,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
     steps, train_time = (evaluations["step"][-1], evaluations["train_time_s"][-1]) if evaluations["step"] else (
         model.num_timesteps, wall_time)
     return {
+        **after_training(model, config, job.test_ticks),
         "agent": job.agent, "seed": job.seed, "timesteps": int(model.num_timesteps),
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
@@ -106,6 +109,33 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo, "tuning": tuning,
         "evaluations": evaluations,
     }
+
+
+DYNAMICS_STEPS = 2_000
+"""Most steps of the episode a run's dynamics are measured on."""
+
+
+def after_training(model, config: TrainConfig, test_ticks: tuple[int, ...] = ()) -> dict[str, Any]:
+    """What a trained run adds to its record: the dynamics measures of one deterministic evaluation episode
+    (see :mod:`ctm_rl.dynamics`) and, for a CTM, its returns at each of ``test_ticks``."""
+    from ctm_rl.dynamics import agent_kind, dynamics_measures, evaluate_ticks, record_episode
+    from ctm_rl.train import run_env
+
+    venv = run_env(config, n_envs=1)
+    try:
+        episode = record_episode(model, venv, render=False, max_steps=DYNAMICS_STEPS)
+    finally:
+        venv.close()
+    record: dict[str, Any] = {"dynamics": {"return": episode.total_return, "steps": len(episode.steps),
+                                           **dataclasses.asdict(dynamics_measures(episode.unit_trace()))}}
+    if test_ticks and agent_kind(model) == "ctm":
+        venv = run_env(config, n_envs=min(config.eval_episodes, 8))
+        try:
+            evaluation = evaluate_ticks(model, venv, list(test_ticks), config.eval_episodes)
+        finally:
+            venv.close()
+        record["test_ticks"] = [{"ticks": e.ticks, "mean": e.mean.value, "returns": e.returns} for e in evaluation]
+    return record
 
 
 def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
@@ -124,6 +154,7 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
         seeds=list(dict.fromkeys(existing.seeds + config.seeds)),
         threshold=existing.threshold if config.threshold is None else config.threshold,
         baseline=existing.baseline if config.baseline is None else config.baseline,
+        test_ticks=config.test_ticks or existing.test_ticks,
         description=existing.description if config.description is None else config.description)
 
 
@@ -171,7 +202,8 @@ def plan(config: CompareConfig, out: Path, device: str = "auto", threads: int = 
          runs_at_once: int | None = None, command: str = "") -> list[RunJob]:
     """Every run of the comparison, after checking each agent's settings (env, preset, keys) up front."""
     return [RunJob(label, seed, dataclasses.replace(train_config, seed=seed).to_dict(),
-                   str(run_dir_of(out, AgentSpec.parse(label), seed)), command, threads, runs_at_once)
+                   str(run_dir_of(out, AgentSpec.parse(label), seed)), command, threads, runs_at_once,
+                   tuple(config.test_ticks))
             for label, train_config in agent_configs(config, device).items() for seed in config.seeds]
 
 
@@ -272,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="return that counts as solved (default: the env's)")
     parser.add_argument("--baseline", help="agent to measure improvement against (default: the first lstm agent)")
     parser.add_argument("--description", help="what the comparison is for and why its budget (shown in the summary)")
+    parser.add_argument("--test-ticks", type=int, nargs="+", default=[], metavar="K",
+                        help="also evaluate every trained CTM at these tick counts (think longer at test time)")
     parser.add_argument("--out", help="comparison folder (default: comparisons/<env>)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device of the runs")
     parser.add_argument("--backend", default="local", choices=["local", "ray"],
@@ -294,6 +328,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     if args.eval_freq > args.timesteps:
         raise ConfigError(f"--eval-freq ({args.eval_freq}) exceeds --timesteps ({args.timesteps}): no run would be "
                           f"evaluated. Fix: lower --eval-freq.")
+    if args.test_ticks and min(args.test_ticks) < 1:
+        raise ConfigError(f"--test-ticks must all be >= 1, got {args.test_ticks}.")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}.")
     if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
@@ -305,7 +341,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                          eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, hyperparams=args.hyperparams,
                          n_envs=args.n_envs, max_steps=args.max_steps, env_module=args.env_module,
                          env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), threshold=args.threshold,
-                         baseline=args.baseline, description=args.description)
+                         baseline=args.baseline, description=args.description,
+                         test_ticks=list(dict.fromkeys(args.test_ticks)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,13 +176,16 @@ def _initial_state(model, n_envs: int = 1):
 
 
 @torch.no_grad()
-def record_episode(model, venv: VecEnv, deterministic: bool = True, render: bool = True) -> EpisodeRecord:
+def record_episode(model, venv: VecEnv, deterministic: bool = True, render: bool = True,
+                   max_steps: int | None = None) -> EpisodeRecord:
     """Run one episode of a one-env ``venv`` and record every step (see :class:`StepRecord`).
 
     :param model: a trained CTM or LSTM agent.
     :param venv: a vectorised environment with one env, made with ``render_mode="rgb_array"`` for frames.
     :param deterministic: take the likeliest action instead of sampling.
     :param render: keep a rendered frame per step.
+    :param max_steps: stop recording after this many steps even if the episode goes on (an env without a step
+        limit); ``None``: at the episode's end only.
     """
     if venv.num_envs != 1:
         raise ConfigError(f"record_episode needs a one-env VecEnv, got {venv.num_envs} envs.")
@@ -209,7 +212,7 @@ def record_episode(model, venv: VecEnv, deterministic: bool = True, render: bool
             clipped = np.clip(action, model.action_space.low, model.action_space.high)
         obs, rewards, dones, _ = venv.step(clipped)
         episode.steps.append(StepRecord(action=clipped[0], reward=float(rewards[0]), **fields))
-        if dones[0]:
+        if dones[0] or len(episode.steps) == max_steps:
             return episode
         start = torch.zeros(1, device=model.device)
 

@@ -288,6 +288,41 @@ def _machines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return seen
 
 
+def _dynamics_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The dynamics measures of each agent's runs (one deterministic episode per run), mean over runs."""
+    rows = []
+    for agent, results in runs.items():
+        measured = [r["dynamics"] for r in results if "dynamics" in r]
+        if measured:
+            spread = np.nanmean([m["frequency_spread"] for m in measured])
+            correlation = np.nanmean([m["mean_correlation"] for m in measured])
+            rows.append(f"| {agent} | {len(measured)} | {spread:.3g} | {correlation:.3g} |")
+    if not rows:
+        return []
+    return ["Dynamics of the trained agents (one deterministic episode per run, mean over runs; a CTM's "
+            "post-activations tick by tick, an LSTM's hidden units step by step; see `ctm_rl.dynamics`):", "",
+            "| agent | runs | dominant-frequency spread | mean abs. pairwise correlation |", "|---|---:|---:|---:|",
+            *rows, ""]
+
+
+def _test_ticks_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Return against test-time ticks: IQM over runs of each run's mean return at each tick count."""
+    counts = sorted({e["ticks"] for results in runs.values() for r in results for e in r.get("test_ticks", [])})
+    if not counts:
+        return []
+    lines = ["Return against test-time ticks (each run's mean return over its evaluation episodes at that tick "
+             "count, IQM over runs [95% CI]; trained at the tick count in its settings):", "",
+             "| agent | " + " | ".join(f"{k} ticks" for k in counts) + " |", "|---|" + "---|" * len(counts)]
+    for agent, results in runs.items():
+        per_ticks = {k: [e["mean"] for r in results for e in r.get("test_ticks", []) if e["ticks"] == k]
+                     for k in counts}
+        if any(per_ticks.values()):
+            cells = [_interval(stats.interval_estimate(np.array(v), reps=BOOTSTRAP_REPS)) if v else ""
+                     for v in per_ticks.values()]
+            lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _tuning_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """What the summary says about tuning: which agents' presets a study chose, with what budget."""
     tuned = {agent: results[0].get("tuning") for agent, results in runs.items() if results[0].get("tuning")}
@@ -357,6 +392,7 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         policy = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         lines.append(f"| {agent} | {algo} | {policy} |")
     lines.append("")
+    lines += _dynamics_lines(runs) + _test_ticks_lines(runs)
     lines += _tuning_lines(runs)
     for name, caption in PLOTS.items():
         lines += [f"![{caption}]({images}{name})", ""]

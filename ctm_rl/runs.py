@@ -49,6 +49,9 @@ class CompareConfig(SavedConfig):
     the last agent."""
     description: str | None = None
     """What the comparison is for and why its budget, shown at the top of its summary."""
+    test_ticks: list[int] = field(default_factory=list)
+    """Tick counts at which every CTM run is also evaluated once trained ("think longer" at test time), on
+    ``eval_episodes`` episodes each; empty: none."""
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
     RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps", "env_module",

@@ -236,3 +236,22 @@ def test_compare_takes_a_plugged_in_env_with_its_module_and_arguments(tmp_path):
     assert config["env_module"] == "toy_envs" and config["env_kwargs"] == {"n_cues": 3, "delay": 1}
     saved = yaml.safe_load((out / "comparison.yaml").read_text())
     assert saved["env_module"] == "toy_envs" and saved["env_kwargs"] == {"n_cues": 3, "delay": 1}
+
+
+def test_test_time_ticks_and_dynamics_are_recorded_per_run_and_reported(tmp_path):
+    out = tmp_path / "cmp"
+    assert compare.main([*TINY[:6], "1", *TINY[7:], "--out", str(out), "--workers", "1", "--test-ticks", "1", "3",
+                         "--max-steps", "50"]) == 0
+    ctm = json.loads((out / "runs" / "ctm" / "seed0" / "result.json").read_text())
+    lstm = json.loads((out / "runs" / "lstm" / "seed0" / "result.json").read_text())
+    assert [entry["ticks"] for entry in ctm["test_ticks"]] == [1, 3]
+    for entry in ctm["test_ticks"]:
+        assert len(entry["returns"]) == 2 and entry["mean"] == pytest.approx(np.mean(entry["returns"]))
+        assert all(1 <= r <= 50 for r in entry["returns"])
+    assert "test_ticks" not in lstm, "an LSTM has no ticks"
+    for result in (ctm, lstm):
+        assert 1 <= result["dynamics"]["steps"] <= 50 and np.isfinite(result["dynamics"]["mean_correlation"])
+    summary = (out / "summary.md").read_text()
+    assert "| agent | 1 ticks | 3 ticks |" in summary
+    assert f"| ctm | {ctm['test_ticks'][1]['mean']:.3g} [" in summary
+    assert "dominant-frequency spread" in summary and "| lstm | 1 |" in summary
