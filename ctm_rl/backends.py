@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -19,9 +20,37 @@ OnResult = Callable[[Job, Any], None]
 OnError = Callable[[Job, BaseException], None]
 
 
-def _one_thread_per_process() -> None:
+# A pool worker's interrupt state: whether an interrupt arrived, and whether a job is running to take it.
+_interrupted = False
+_running = False
+
+
+def _start_worker() -> None:
     # Each run sets its torch threads; this also keeps OpenMP users other than torch from oversubscribing.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def _on_interrupt(signum, frame) -> None:
+    """The first interrupt stops the running job (which saves what it learned); a second one, as when Ctrl-C
+    reaches the worker both from the terminal and from the comparison, must not break into that save."""
+    global _interrupted
+    first = not _interrupted
+    _interrupted = True
+    if first and _running:
+        raise KeyboardInterrupt
+
+
+def _call(work: Work, job: Job) -> Any:
+    """``work(job)`` in a pool worker; once the worker was interrupted, queued jobs end at once, unstarted."""
+    global _running
+    if _interrupted:
+        raise KeyboardInterrupt("interrupted before it started")
+    _running = True
+    try:
+        return work(job)
+    finally:
+        _running = False
 
 
 def run_local(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: OnError, workers: int) -> None:
@@ -44,8 +73,8 @@ def run_local(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: On
         return
     # Fresh interpreters: forking a process that already runs torch threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_one_thread_per_process) as pool:
-        futures = {pool.submit(work, job): job for job in jobs}
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker) as pool:
+        futures = {pool.submit(_call, work, job): job for job in jobs}
         try:
             for future in as_completed(futures):
                 error = future.exception()
@@ -54,8 +83,20 @@ def run_local(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: On
                 else:
                     on_error(futures[future], error)
         except KeyboardInterrupt:
+            _interrupt_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _interrupt_workers(pool: ProcessPoolExecutor) -> None:
+    """Pass an interrupt on to the pool's workers, so that their runs stop (and save) now rather than at their
+    end. A Ctrl-C in a terminal reaches them already; a SIGINT sent to this process alone does not."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # the executor keeps no public list
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
 
 
 def run_ray(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: OnError, address: str | None = None,

@@ -255,3 +255,40 @@ def test_test_time_ticks_and_dynamics_are_recorded_per_run_and_reported(tmp_path
     assert "| agent | 1 ticks | 3 ticks |" in summary
     assert f"| ctm | {ctm['test_ticks'][1]['mean']:.3g} [" in summary
     assert "dominant-frequency spread" in summary and "| lstm | 1 |" in summary
+
+
+@pytest.mark.parametrize("target", ["main process", "process group"])
+def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, target):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    # Four long runs on two workers: none can finish before the interrupt.
+    command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "4",
+               "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams", "n_epochs=1",
+               "d_model=16", "n_synch_out=4", "--workers", "2", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("runs/ctm/seed*/eval/evaluations.npz")):  # both workers are training
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.5)
+        interrupted = time.monotonic()
+        if target == "main process":
+            process.send_signal(signal.SIGINT)
+        else:
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = process.communicate(timeout=30)
+        stopped = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and stopped < 10, (process.returncode, stopped, err)
+    assert "Interrupted: 0 of 4 runs are finished" in err and "Traceback" not in err
+    assert not list(out.glob("runs/ctm/seed*/result.json"))
+    assert len(list(out.glob("runs/ctm/seed*"))) == 2, "the queued runs never started"
