@@ -87,69 +87,94 @@ def _entropy(probabilities: np.ndarray) -> np.ndarray:
 
 
 def draw_frames(episode: EpisodeRecord, size: tuple[float, float] = (9.0, 4.5), dpi: int = 64) -> list[np.ndarray]:
-    """The animation's frames, one per env step (see the module docstring for the panels)."""
+    """The animation's frames, one per env step (see the module docstring for the panels). The artists are made
+    once and updated per frame."""
     plt = _matplotlib()
+    from matplotlib.collections import LineCollection
+
     figure = plt.figure(figsize=size, dpi=dpi)
     grid = figure.add_gridspec(2, 3, width_ratios=[1.1, 1, 1], height_ratios=[1, 1], wspace=0.35, hspace=0.5)
     env_axes, action_axes = figure.add_subplot(grid[:, 0]), figure.add_subplot(grid[0, 1])
     output_axes, trace_axes = figure.add_subplot(grid[0, 2]), figure.add_subplot(grid[1, 1:])
+    inner_axes = trace_axes.twinx()  # pre-activations (cell units) live on another scale than post-activations
     solid, dashed, output_name = _unit_labels(episode.kind)
     units = _traced_units(episode, TRACED_UNITS)
     trace, inner = episode.unit_trace()[:, units], episode.unit_trace(inner=True)[:, units]
-    low, high = _colour_range(np.stack([step.output for step in episode.steps]))
-    inner_axes = trace_axes.twinx()  # pre-activations (cell units) live on another scale than post-activations
-    trace_range, inner_range = _padded_range(trace), _padded_range(inner)
-    colours = plt.get_cmap("tab10")(np.arange(len(units)) % 10)
     ticks, returns = episode.ticks, np.cumsum([step.reward for step in episode.steps])
+    first = episode.steps[0]
+
+    # --- The environment, or its observation where it has no renderer ---
+    if episode.frames:
+        env_image = env_axes.imshow(episode.frames[0])
+        env_axes.set_axis_off()
+    else:
+        observations = np.stack(episode.observations)
+        env_bars = env_axes.bar(np.arange(observations.shape[1]), observations[0], color="grey")
+        env_axes.set_ylim(*_padded_range(observations))
+        env_axes.set_xlabel("observation", fontsize=8)
+    env_title = env_axes.set_title("", fontsize=9)
+    # --- The decision: action probabilities (or the action itself), value, reward ---
+    discrete = first.probabilities is not None
+    heights = first.probabilities if discrete else np.asarray(first.action, dtype=float).reshape(-1)
+    action_bars = action_axes.bar(np.arange(len(heights)), heights, color="tab:blue")
+    if discrete:
+        action_axes.set_ylim(0, 1)
+    else:
+        actions = np.stack([np.asarray(step.action, dtype=float).reshape(-1) for step in episode.steps])
+        action_axes.set_ylim(*_padded_range(actions))
+    action_axes.set_xticks(np.arange(len(heights)))
+    action_axes.tick_params(labelsize=7)
+    action_title = action_axes.set_title("", fontsize=9)
+    action_label = action_axes.set_xlabel("", fontsize=8)
+    # --- What the heads read, as a heat strip ---
+    low, high = _colour_range(np.stack([step.output for step in episode.steps]))
+    output_image = output_axes.imshow(first.output[None], aspect="auto", cmap="coolwarm", vmin=low, vmax=high)
+    output_axes.set_yticks([])
+    output_axes.set_title(output_name, fontsize=9)
+    output_axes.tick_params(labelsize=7)
+    # --- A few units over the last WINDOW_TICKS time points, env steps marked ---
+    colours = plt.get_cmap("tab10")(np.arange(len(units)) % 10)
+    solid_lines = [trace_axes.plot([], [], color=c, linewidth=1.2)[0] for c in colours]
+    dashed_lines = [inner_axes.plot([], [], color=c, linewidth=0.8, linestyle="--", alpha=0.6)[0] for c in colours]
+    boundaries = trace_axes.add_collection(LineCollection([], colors="grey", linewidths=0.5, alpha=0.5))
+    trace_range, inner_range = _padded_range(trace), _padded_range(inner)
+    trace_axes.set_ylim(*trace_range)
+    inner_axes.set_ylim(*inner_range)
+    inner_axes.tick_params(labelsize=6, colors="grey")
+    trace_axes.tick_params(labelsize=7)
+    trace_axes.set_xlabel("internal tick (grey lines: env steps)" if episode.kind == "ctm" else "env step", fontsize=8)
+    trace_axes.set_title(f"{len(units)} units: {solid} (solid, left), {dashed} (dashed, right)", fontsize=9)
+
     frames = []
     for t, step in enumerate(episode.steps):
-        for axes in (env_axes, action_axes, output_axes, trace_axes, inner_axes):
-            axes.cla()
-        # --- The environment, or its observation where it has no renderer ---
         if episode.frames:
-            env_axes.imshow(episode.frames[t])
-            env_axes.set_axis_off()
+            env_image.set_data(episode.frames[t])
         else:
-            env_axes.bar(np.arange(len(episode.observations[t])), episode.observations[t], color="grey")
-            env_axes.set_title("observation", fontsize=9)
-        env_axes.set_title(f"step {t + 1}   return {returns[t]:.3g}", fontsize=9)
-        # --- The decision: action probabilities, value, reward ---
-        if step.probabilities is not None:
+            for bar, value in zip(env_bars, episode.observations[t]):
+                bar.set_height(value)
+        env_title.set_text(f"step {t + 1}   return {returns[t]:.3g}")
+        if discrete:
             chosen = int(np.asarray(step.action).reshape(-1)[0])
-            bar_colours = ["tab:orange" if a == chosen else "tab:blue" for a in range(len(step.probabilities))]
-            action_axes.bar(np.arange(len(step.probabilities)), step.probabilities, color=bar_colours)
-            action_axes.set_ylim(0, 1)
-            action_axes.set_xticks(np.arange(len(step.probabilities)))
-            action_axes.set_title(f"action {chosen} (orange)", fontsize=9)
+            for action, (bar, value) in enumerate(zip(action_bars, step.probabilities)):
+                bar.set_height(value)
+                bar.set_color("tab:orange" if action == chosen else "tab:blue")
+            action_title.set_text(f"action {chosen} (orange)")
         else:
-            action = np.asarray(step.action, dtype=float).reshape(-1)
-            action_axes.bar(np.arange(len(action)), action, color="tab:orange")
-            action_axes.set_title("action", fontsize=9)
-        action_axes.set_xlabel(f"value {step.value:.3g}   reward {step.reward:.3g}", fontsize=8)
-        action_axes.tick_params(labelsize=7)
-        # --- What the heads read, as a heat strip ---
-        output_axes.imshow(step.output[None], aspect="auto", cmap="coolwarm", vmin=low, vmax=high)
-        output_axes.set_yticks([])
-        output_axes.set_title(output_name, fontsize=9)
-        output_axes.tick_params(labelsize=7)
-        # --- A few units over the last WINDOW_TICKS time points, env steps marked ---
+            for bar, value in zip(action_bars, np.asarray(step.action, dtype=float).reshape(-1)):
+                bar.set_height(value)
+            action_title.set_text("action")
+        action_label.set_text(f"value {step.value:.3g}   reward {step.reward:.3g}")
+        output_image.set_data(step.output[None])
         end = (t + 1) * ticks
         start = max(0, end - WINDOW_TICKS)
         time = np.arange(start, end)
-        for i, colour in enumerate(colours):
-            trace_axes.plot(time, trace[start:end, i], color=colour, linewidth=1.2)
-            inner_axes.plot(time, inner[start:end, i], color=colour, linewidth=0.8, linestyle="--", alpha=0.6)
+        for i, (solid_line, dashed_line) in enumerate(zip(solid_lines, dashed_lines)):
+            solid_line.set_data(time, trace[start:end, i])
+            dashed_line.set_data(time, inner[start:end, i])
         if ticks > 1:
-            for boundary in range((start + ticks - 1) // ticks * ticks, end, ticks):
-                trace_axes.axvline(boundary - 0.5, color="grey", linewidth=0.5, alpha=0.5)
-        trace_axes.set_xlim(max(0, end - WINDOW_TICKS) - 0.5, max(end, WINDOW_TICKS) - 0.5)
-        trace_axes.set_ylim(*trace_range)
-        inner_axes.set_ylim(*inner_range)
-        inner_axes.tick_params(labelsize=6, colors="grey")
-        trace_axes.set_xlabel("internal tick (grey lines: env steps)" if episode.kind == "ctm" else "env step",
-                              fontsize=8)
-        trace_axes.set_title(f"{len(units)} units: {solid} (solid, left), {dashed} (dashed, right)", fontsize=9)
-        trace_axes.tick_params(labelsize=7)
+            boundaries.set_segments([[(b - 0.5, trace_range[0]), (b - 0.5, trace_range[1])]
+                                     for b in range((start + ticks - 1) // ticks * ticks, end, ticks)])
+        trace_axes.set_xlim(start - 0.5, max(end, WINDOW_TICKS) - 0.5)
         frames.append(_canvas_image(figure))
     plt.close(figure)
     return frames
