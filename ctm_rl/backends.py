@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -29,6 +31,17 @@ def _start_worker() -> None:
     # Each run sets its torch threads; this also keeps OpenMP users other than torch from oversubscribing.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     signal.signal(signal.SIGINT, _on_interrupt)
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _stop_when_orphaned(parent: int, every: float = 2.0, grace: float = 15.0) -> None:
+    """A worker whose comparison process died (killed, not interrupted) would train on for nobody: interrupt
+    its run, which then saves what it learned, and leave if it has not ended within ``grace`` seconds."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(grace)
+    os._exit(1)
 
 
 def _on_interrupt(signum, frame) -> None:

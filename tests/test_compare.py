@@ -292,3 +292,60 @@ def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_pat
     assert "Interrupted: 0 of 4 runs are finished" in err and "Traceback" not in err
     assert not list(out.glob("runs/ctm/seed*/result.json"))
     assert len(list(out.glob("runs/ctm/seed*"))) == 2, "the queued runs never started"
+
+
+def _children(parent, marker):
+    """Process ids whose parent is ``parent`` and whose command line holds ``marker`` (Linux /proc)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and marker in command:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc"), reason="reads /proc")
+def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "2",
+               "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams", "n_epochs=1",
+               "d_model=16", "n_synch_out=4", "--workers", "2", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("runs/ctm/seed*/eval/evaluations.npz"))) < 2:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.5)
+        workers = _children(process.pid, "spawn_main")
+        assert len(workers) == 2
+        os.kill(process.pid, signal.SIGKILL)  # the comparison dies without a chance to stop its workers
+        process.wait()
+        deadline = time.monotonic() + 40
+        while any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                  for pid in workers):
+            assert time.monotonic() < deadline, "a worker of the killed comparison trains on"
+            time.sleep(0.5)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the comparison, workers included
+        except ProcessLookupError:
+            pass
+    # Each run saved what it had learned when it stopped.
+    assert all((out / "runs" / "ctm" / f"seed{seed}" / "model.zip").exists() for seed in (0, 1))
