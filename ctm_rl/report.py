@@ -288,14 +288,19 @@ def _machines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return seen
 
 
+def _finite_mean(values: list[float]) -> float:
+    finite = [value for value in values if np.isfinite(value)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def _dynamics_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The dynamics measures of each agent's runs (one deterministic episode per run), mean over runs."""
     rows = []
     for agent, results in runs.items():
         measured = [r["dynamics"] for r in results if "dynamics" in r]
         if measured:
-            spread = np.nanmean([m["frequency_spread"] for m in measured])
-            correlation = np.nanmean([m["mean_correlation"] for m in measured])
+            spread = _finite_mean([m["frequency_spread"] for m in measured])
+            correlation = _finite_mean([m["mean_correlation"] for m in measured])
             rows.append(f"| {agent} | {len(measured)} | {spread:.3g} | {correlation:.3g} |")
     if not rows:
         return []
