@@ -256,6 +256,7 @@ def tick_probe_figure(episode: EpisodeRecord, path: Path, max_steps: int = 12) -
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.5), dpi=80, sharex=True)
     top.imshow(probabilities.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     top.set_ylabel("action")
+    top.set_yticks(np.arange(probabilities.shape[1]))
     top.set_title("action probabilities after each internal tick (tick probes); white lines: env steps", fontsize=9)
     bottom.plot(_entropy(probabilities), color="tab:purple")
     bottom.set_ylabel("entropy")
