@@ -153,6 +153,9 @@ class TrainConfig(SavedConfig):
     """Parent folder of the run folders."""
     progress_bar: bool = True
     """Show a progress bar while training."""
+    log_dynamics: bool = False
+    """After each evaluation, record one deterministic episode and log its neural-dynamics figure (TensorBoard
+    image ``dynamics/figure``) and dynamics measures (``dynamics/*``)."""
     algo: dict[str, Any] = field(default_factory=dict)
     """``RecurrentPPO`` keyword arguments (``lin_X`` values decay linearly from X to 0)."""
     policy_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from stable_baselines3.common.policies import BaseModel
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.errors import ConfigError
+from ctm_rl.sb3.encoders import flat_observations
 from ctm_rl.stats import Estimate, interval_estimate, mean
 
 
@@ -196,8 +197,6 @@ def record_episode(model, venv: VecEnv, deterministic: bool = True, render: bool
     step_fn = _ctm_step if kind == "ctm" else _lstm_step
     obs = venv.reset()
     state, start = _initial_state(model), torch.ones(1, device=model.device)
-    from ctm_rl.probe import flat_observations
-
     while True:
         if render:
             frame = venv.render()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ctm_rl.errors import CtmRlError
+from ctm_rl.sb3.encoders import flat_observations
 
 
 @dataclass(frozen=True)
@@ -97,21 +98,6 @@ def recurrent_features(policy, state: tuple[np.ndarray, ...]) -> np.ndarray:
         with torch.no_grad():
             return ctm.synchronisation(post.permute(1, 2, 0)).cpu().numpy()
     return np.asarray(state[0])[-1]  # the last LSTM layer's hidden state, (N, hidden)
-
-
-def flat_observations(obs, space) -> np.ndarray:
-    """Observations as the encoders read them, flattened: Discrete and MultiDiscrete parts one-hot (a suit index
-    is a category, not a number to regress), Dict parts concatenated in key order. :return: ``(N, O)``."""
-    from gymnasium import spaces
-    from stable_baselines3.common.preprocessing import preprocess_obs
-
-    def flat(values, part) -> np.ndarray:
-        tensor = preprocess_obs(torch.as_tensor(np.asarray(values)), part, normalize_images=False)
-        return tensor.reshape(tensor.shape[0], -1).double().numpy()
-
-    if isinstance(space, spaces.Dict):
-        return np.concatenate([flat(obs[key], part) for key, part in space.spaces.items()], axis=1)
-    return flat(obs, space)
 
 
 def record(model, venv, steps: int, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.allocator import keep_freed_memory
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", default=TrainConfig.log_dir, help="parent folder of run folders")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest save (model.zip or a checkpoint)")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
+    parser.add_argument("--log-dynamics", action="store_true",
+                        help="after each evaluation, log a neural-dynamics figure and measures to TensorBoard")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the full traceback (an environment's own included), not one line")
     return parser
@@ -70,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, ResolvedEnv
         env_module=args.env_module, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), seed=args.seed,
         device=args.device, vec_env=args.vec_env, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
         checkpoint_freq=args.checkpoint_freq, log_dir=args.log_dir, progress_bar=not args.no_progress_bar,
+        log_dynamics=args.log_dynamics,
     )
 
 
@@ -105,6 +108,11 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
     if config.eval_freq > 0:
         eval_env = make_env(env, n_envs=config.eval_envs, seed=config.seed + 10_000, max_steps=config.max_steps,
                             env_kwargs=config.env_kwargs, monitor_dir=str(run_dir / "eval" / "monitor"))
+        if config.log_dynamics:
+            from ctm_rl.figures import DynamicsLogger
+
+            dynamics = DynamicsLogger(lambda: run_env(config, n_envs=1, seed=config.seed + 20_000))
+            after_eval = dynamics if after_eval is None else CallbackList([dynamics, after_eval])
         evaluation = TimedEvalCallback(eval_env, n_eval_episodes=config.eval_episodes,
                                        eval_freq=max(config.eval_freq // config.n_envs, 1),
                                        log_path=str(run_dir / "eval"), best_model_save_path=str(run_dir / "eval"),

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import ctm_rl.train as train_module
+import ctm_rl.figures as figures
 import ctm_rl.visualize as visualize
 from ctm_rl.dynamics import dynamics_measures, evaluate_ticks, record_episode, ticks_of
 from ctm_rl.probe import recurrent_features
@@ -118,7 +119,7 @@ def test_the_dynamics_figure_has_a_panel_per_unit_and_the_output_panel(runs, tmp
     model, venv = _model(runs["minigrid"], render_mode="rgb_array")
     episode = record_episode(model, venv)
     assert len(episode.frames) == len(episode.steps) and episode.frames[0].ndim == 3  # MiniGrid renders
-    titles = visualize.dynamics_figure(episode, tmp_path / "dynamics.png", units=10)
+    titles = figures.dynamics_figure(episode, tmp_path / "dynamics.png", units=10)
     assert len(titles) == 11 and titles[-1] == "synchronisation over the episode"
     assert all(title.startswith("unit ") for title in titles[:10])
     image = np.asarray(Image.open(tmp_path / "dynamics.png").convert("L"), dtype=float)
@@ -169,3 +170,19 @@ def test_a_lone_model_file_needs_its_env_and_trust(runs, tmp_path, capsys):
     assert "--trust-pickle" in capsys.readouterr().err
     assert visualize.main([str(lone), "--env", "CartPole-NoVel", "--trust-pickle", "--out", str(tmp_path / "v")]) == 0
     torch.manual_seed(0)
+
+
+def test_log_dynamics_writes_a_figure_and_measures_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train_module.main(["--log-dir", str(tmp_path), "--timesteps", "64", "--n-envs", "2", "--max-steps", "10",
+                              "--eval-freq", "32", "--eval-episodes", "1", "--checkpoint-freq", "0", "--no-progress-bar",
+                              "--log-dynamics", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1",
+                              "d_input=8", *TINY_CTM]) == 0
+    events = next((tmp_path / "CartPole-NoVel" / "ctm-seed0" / "tb").rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    assert "dynamics/figure" in accumulator.Tags()["images"]
+    image = accumulator.Images("dynamics/figure")[-1]
+    assert image.width > 300 and image.height > 200
+    assert np.isfinite(accumulator.Scalars("dynamics/mean_correlation")[-1].value)

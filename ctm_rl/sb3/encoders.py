@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from torch import nn
 
@@ -187,3 +187,16 @@ class ObservationEncoder(BaseFeaturesExtractor):
         if not self.is_dict:
             return self.encoders["obs"](observations)
         return torch.cat([encoder(observations[key]) for key, encoder in self.encoders.items()], dim=-1)
+
+
+def flat_observations(obs, space) -> np.ndarray:
+    """Observations as the encoders read them, flattened: Discrete and MultiDiscrete parts one-hot (a suit index
+    is a category, not a number to regress), Dict parts concatenated in key order. :return: ``(N, O)``."""
+
+    def flat(values, part) -> np.ndarray:
+        tensor = preprocess_obs(torch.as_tensor(np.asarray(values)), part, normalize_images=False)
+        return tensor.reshape(tensor.shape[0], -1).double().numpy()
+
+    if isinstance(space, spaces.Dict):
+        return np.concatenate([flat(obs[key], part) for key, part in space.spaces.items()], axis=1)
+    return flat(obs, space)
