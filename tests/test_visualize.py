@@ -186,3 +186,12 @@ def test_log_dynamics_writes_a_figure_and_measures_to_tensorboard(tmp_path):
     image = accumulator.Images("dynamics/figure")[-1]
     assert image.width > 300 and image.height > 200
     assert np.isfinite(accumulator.Scalars("dynamics/mean_correlation")[-1].value)
+
+
+def test_an_mp4_has_one_frame_per_step_when_the_video_extra_is_installed(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    frames = [np.full((30, 41, 3), 20 * i, dtype=np.uint8) for i in range(5)]
+    assert figures.write_mp4(frames, tmp_path / "clip.mp4", fps=5)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "clip.mp4"))
+    meta = next(reader)
+    assert meta["size"] == (40, 30) and sum(1 for _ in reader) == 5  # even sides for H.264
