@@ -176,7 +176,11 @@ def test_runs_honour_the_users_thread_setting(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report_module, "write_report", lambda out: None)
     compare.run_comparison(CompareConfig(agents=["ctm"], seeds=[0]), tmp_path, workers=1)
-    assert seen == [1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    compare.run_comparison(CompareConfig(agents=["ctm"], seeds=[0]), tmp_path, workers=1)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    compare.run_comparison(CompareConfig(agents=["ctm"], seeds=[0]), tmp_path, workers=1)
+    assert seen == [1, 2, 1], "the user's setting, else one thread per run even with one worker"
 
 
 @pytest.mark.parametrize("steps, expected", [
