@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.errors import ConfigError
 from ctm_rl.sb3.encoders import flat_observations
+from ctm_rl.sb3.policy import CtmPolicy, ctm_traces, flat_traces
 from ctm_rl.stats import Estimate, interval_estimate, mean
 
 
@@ -75,8 +76,6 @@ class EpisodeRecord:
 
 def agent_kind(model) -> str:
     """``ctm`` for a CtmPolicy agent, ``lstm`` for sb3-contrib's recurrent policy."""
-    from ctm_rl.sb3.policy import CtmPolicy
-
     return "ctm" if isinstance(model.policy, CtmPolicy) else "lstm"
 
 
@@ -123,9 +122,8 @@ def _ctm_step(policy, obs: torch.Tensor, state, start: torch.Tensor, determinist
     if not policy.carry_traces:
         start = torch.ones_like(start)
     projected = policy._ctm_input(obs, policy.pi_features_extractor, ctm)  # (1, W)
-    pre, post = (trace.reshape(1, ctm.d_model, ctm.memory_length).permute(1, 2, 0) for trace in state.pi)
     units, inner, tick_probs = [], [], []
-    traces, starts = (pre, post), start
+    traces, starts = ctm_traces(state.pi, ctm), start
     ctm.ticks = 1  # K one-tick steps on the same features are the K-tick step, with every tick visible
     try:
         for _ in range(ticks):
@@ -139,7 +137,7 @@ def _ctm_step(policy, obs: torch.Tensor, state, start: torch.Tensor, determinist
     finally:
         ctm.ticks = ticks
     action = _choose(distribution, deterministic)
-    flat_pi = tuple(trace.permute(2, 0, 1).reshape(1, 1, -1) for trace in traces)
+    flat_pi = flat_traces(traces)
     if policy.critic_ctm is None:
         latent_vf, flat_vf = (synchronisation, flat_pi)
     else:

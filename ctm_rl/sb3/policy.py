@@ -24,7 +24,7 @@ from torch import nn
 from ctm_rl.errors import ConfigError
 from ctm_rl.model.compiled import CompiledStep, CompileOption, check_compile_option
 from ctm_rl.model.config import CtmConfig
-from ctm_rl.model.ctm import ContinuousThoughtMachine
+from ctm_rl.model.ctm import ContinuousThoughtMachine, Traces
 from ctm_rl.sb3.diagnostics import OutputScale
 from ctm_rl.sb3.encoders import ObservationEncoder
 
@@ -43,6 +43,18 @@ class RecurrentStateLayout(NamedTuple):
 
     num_layers: int
     hidden_size: int
+
+
+def ctm_traces(flat: FlatTraces, ctm: ContinuousThoughtMachine) -> Traces:
+    """RecurrentPPO's flat traces, each ``(1, n_seq, D * M)``, in the CTM's layout, each ``(D, M, n_seq)`` (views)."""
+    shape = (flat[0].shape[1], ctm.d_model, ctm.memory_length)
+    return tuple(trace.reshape(shape).permute(1, 2, 0) for trace in flat)
+
+
+def flat_traces(traces: Traces) -> FlatTraces:
+    """The CTM's traces, each ``(D, M, n_seq)``, as RecurrentPPO keeps them, each ``(1, n_seq, D * M)``. Views, not
+    copies: the next rollout step reads them back in the CTM's layout without a copy."""
+    return tuple(trace.permute(2, 0, 1).reshape(1, trace.shape[-1], -1) for trace in traces)
 
 
 def _unpack(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
@@ -216,8 +228,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         """
         n_seq = traces[0].shape[1]
         # RecurrentPPO keeps each env's trace as one flat row, (D, M) flattened; the CTM works on (D, M, n_seq).
-        shape = (n_seq, ctm.d_model, ctm.memory_length)
-        pre, post = (trace.reshape(shape).permute(1, 2, 0) for trace in traces)  # (D, M, n_seq)
+        pre, post = ctm_traces(traces, ctm)
         if not self.carry_traces:
             episode_starts = torch.ones_like(episode_starts)  # every step starts from the learned start traces
         if len(projected) != n_seq:
@@ -226,9 +237,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             synchronisation, (pre, post) = self.rollout_step(ctm, projected, (pre, post), episode_starts)  # (N, P)
         else:
             synchronisation, (pre, post) = ctm.step(projected, (pre, post), episode_starts)  # (N, P)
-        # Views, not copies: the next rollout step reads them back in the CTM's layout without a copy.
-        flat = tuple(trace.permute(2, 0, 1).reshape(1, n_seq, -1) for trace in (pre, post))
-        return synchronisation, flat
+        return synchronisation, flat_traces((pre, post))
 
     def _latents(
         self, obs: PyTorchObs, states: RNNStates, episode_starts: torch.Tensor, lengths: torch.Tensor | None = None,
