@@ -70,6 +70,12 @@ def test_sliding_the_window_by_one_column_equals_synchronising_the_moved_window(
     torch.testing.assert_close(slid.t(), after, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("initial_decay, expected", [(2.5, [2.5] * 6), ([0.0, 1.0], [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])])
+def test_initial_decay_sets_every_pair_or_spreads_the_pairs_evenly(initial_decay, expected):
+    ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=8, n_synch_out=3, initial_decay=initial_decay))
+    assert torch.allclose(ctm.synchronisation.rates(), torch.tensor(expected))
+
+
 def test_first_last_pairs_are_upper_triangle_of_last_neurons():
     sync = Synchronisation(d_model=10, n_synch=3, neuron_select="first-last", memory_length=2, initial_decay=0.0)
     pairs = set(zip(sync.left.tolist(), sync.right.tolist()))
@@ -117,6 +123,9 @@ def test_start_traces_and_decay_receive_gradients():
     (dict(ticks=0), "ticks must be an integer >= 1"),
     (dict(nlm_hidden=-1), "nlm_hidden must be an integer >= 0"),
     (dict(neuron_select="all"), "neuron_select must be one of"),
+    (dict(initial_decay=[2.0, 1.0]), "initial_decay must be a number"),
+    (dict(initial_decay=[0.0, 1.0, 2.0]), "initial_decay must be a number"),
+    (dict(initial_decay=[0.0, 9.0]), "initial_decay must be a number"),
 ])
 def test_bad_hyperparameters_raise_clear_errors_when_the_config_is_made(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

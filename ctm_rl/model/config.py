@@ -45,9 +45,11 @@ class CtmConfig:
     """Neurons on each side of the output synchronisation pairs."""
     neuron_select: str = "first-last"
     """Pair selection, one of :data:`NEURON_SELECTIONS`."""
-    initial_decay: float = 3.0
-    """Starting decay rate of every output pair, in ``[0, MAX_DECAY]``. The reference starts at 0, an even
-    average over the window; 3 starts the output on the newest columns (a deviation, see the README)."""
+    initial_decay: float | list[float] = 3.0
+    """Starting decay rate of the output pairs, in ``[0, MAX_DECAY]``: one number for every pair, or ``[low,
+    high]`` to spread the pairs' rates evenly from ``low`` to ``high``, so that some pairs read the whole window
+    and others its newest columns. The reference starts at 0, an even average over the window; 3 starts the
+    output on the newest columns (a deviation, see the README)."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "ticks", "memory_length", "synapse_depth", "n_synch_out"):
@@ -65,10 +67,9 @@ class CtmConfig:
         if self.neuron_select not in NEURON_SELECTIONS:
             raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, "
                               f"got {self.neuron_select!r}.")
-        if isinstance(self.initial_decay, bool) or not isinstance(self.initial_decay, (int, float)) \
-                or not 0.0 <= self.initial_decay <= MAX_DECAY:
-            raise ConfigError(f"initial_decay must be a number in the decay clamp range [0, {MAX_DECAY:g}], "
-                              f"got {self.initial_decay!r}.")
+        if decay_range(self.initial_decay) is None:
+            raise ConfigError(f"initial_decay must be a number in the decay clamp range [0, {MAX_DECAY:g}], or a "
+                              f"[low, high] pair of them with low <= high, got {self.initial_decay!r}.")
 
     @property
     def output_size(self) -> int:
@@ -92,3 +93,16 @@ class CtmConfig:
 def is_int(value: Any) -> bool:
     """Whether ``value`` is an integer and not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decay_range(initial_decay: Any) -> tuple[float, float] | None:
+    """``(low, high)`` of a valid ``initial_decay`` (a number is ``(x, x)``), ``None`` for an invalid one."""
+    def is_rate(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= MAX_DECAY
+
+    if is_rate(initial_decay):
+        return float(initial_decay), float(initial_decay)
+    if isinstance(initial_decay, (list, tuple)) and len(initial_decay) == 2 and all(map(is_rate, initial_decay)) \
+            and initial_decay[0] <= initial_decay[1]:
+        return float(initial_decay[0]), float(initial_decay[1])
+    return None

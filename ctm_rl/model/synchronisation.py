@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from ctm_rl.model.config import MAX_DECAY
+from ctm_rl.errors import ConfigError
+from ctm_rl.model.config import MAX_DECAY, decay_range
 
 
 class SlidingWeights(NamedTuple):
@@ -51,12 +52,13 @@ class Synchronisation(nn.Module):
     :param n_synch: neurons on each side of the pairs.
     :param neuron_select: pair selection, one of :data:`NEURON_SELECTIONS`.
     :param memory_length: length of the post-activation window.
-    :param initial_decay: decay rate every pair starts from.
+    :param initial_decay: decay rate every pair starts from, or ``(low, high)``: rates spread evenly over the
+        pairs from ``low`` to ``high``.
     :param max_decay: upper clamp of the decay rate.
     """
 
     def __init__(
-        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, initial_decay: float,
+        self, d_model: int, n_synch: int, neuron_select: str, memory_length: int, initial_decay: float | Sequence[float],
         max_decay: float = MAX_DECAY,
     ) -> None:
         super().__init__()
@@ -70,7 +72,12 @@ class Synchronisation(nn.Module):
         self.first_neuron = d_model - n_synch if neuron_select == "first-last" else None
         # The newest column of the window has age 0.
         self.register_buffer("age", torch.arange(memory_length - 1, -1, -1, dtype=torch.float32))
-        self.decay = nn.Parameter(torch.full((len(left),), float(initial_decay)))
+        bounds = decay_range(initial_decay)
+        if bounds is None:
+            raise ConfigError(f"initial_decay must be a rate in [0, {MAX_DECAY:g}] or a [low, high] pair of them, "
+                              f"got {initial_decay!r}.")
+        low, high = bounds
+        self.decay = nn.Parameter(torch.linspace(low, high, len(left)))
         self.max_decay = max_decay
 
     @property

@@ -111,7 +111,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         synapse_depth: int = _CTM_DEFAULTS.synapse_depth,
         n_synch_out: int = _CTM_DEFAULTS.n_synch_out,
         neuron_select: str = _CTM_DEFAULTS.neuron_select,
-        initial_decay: float = _CTM_DEFAULTS.initial_decay,
+        initial_decay: float | list[float] = _CTM_DEFAULTS.initial_decay,
         carry_traces: bool = True,
         share_ctm: bool = True,
         project_cells: bool = True,
