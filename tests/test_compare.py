@@ -261,8 +261,14 @@ def test_test_time_ticks_and_dynamics_are_recorded_per_run_and_reported(tmp_path
     assert "dominant-frequency spread" in summary and "| lstm | 1 |" in summary
 
 
-@pytest.mark.parametrize("target", ["main process", "process group"])
-def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, target):
+_RAY = pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="needs ctm-rl[ray]")
+
+
+@pytest.mark.parametrize("backend, target", [
+    ("local", "main process"), ("local", "process group"),
+    pytest.param("ray", "main process", marks=_RAY), pytest.param("ray", "process group", marks=_RAY),
+])
+def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, backend, target):
     import os
     import signal
     import subprocess
@@ -273,7 +279,9 @@ def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_pat
     # Four long runs on two workers: none can finish before the interrupt.
     command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "4",
                "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams", "n_epochs=1",
-               "d_model=16", "n_synch_out=4", "--workers", "2", "--out", str(out)]
+               "d_model=16", "n_synch_out=4", "--out", str(out), "--backend", backend]
+    # Two runs at a time: two local workers, or half of the local Ray instance's CPUs per run.
+    command += ["--workers", "2"] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
@@ -327,7 +335,9 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
     out = tmp_path / "cmp"
     command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "2",
                "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams", "n_epochs=1",
-               "d_model=16", "n_synch_out=4", "--workers", "2", "--out", str(out)]
+               "d_model=16", "n_synch_out=4", "--out", str(out), "--backend", backend]
+    # Two runs at a time: two local workers, or half of the local Ray instance's CPUs per run.
+    command += ["--workers", "2"] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
