@@ -235,7 +235,6 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
 
     if not config.agents or not config.seeds:
         raise ConfigError("A comparison needs at least one agent and one seed.")
-    out.mkdir(parents=True, exist_ok=True)
     config = _merge_existing(out, config)
     cores = os.cpu_count() or 1
     workers = workers or cores
@@ -251,6 +250,12 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     command = shlex.join([sys.executable, "-m", "ctm_rl.compare", *argv]) if argv is not None else ""
     jobs = plan(config, out, device, threads,
                 None if backend == "ray" else min(workers, len(config.agents) * len(config.seeds)), command)
+    # Every agent spec is resolved by now: only a valid comparison gets a folder.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"Cannot create the comparison folder {out} ({error.strerror or error}). Fix: give --out a "
+                          f"folder you can write to.") from None
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if command:
         with open(out / COMMAND_FILE, "a") as file:

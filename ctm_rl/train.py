@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -82,19 +83,41 @@ def run_dir_for(log_dir: str, env: str, agent: str, seed: int) -> Path:
     return Path(log_dir) / env.replace(":", "_").replace("/", "_") / f"{agent}-seed{seed}"
 
 
-def new_run_dir(config: TrainConfig) -> Path:
-    """A fresh folder ``<log_dir>/<env>/<agent>-seed<seed>[-N]``."""
+def first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder on the way to ``path`` that does not exist yet (``path`` itself included), the one
+    to remove again to leave the file system as it was; ``None`` if ``path`` exists."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def discard_unsaved_run(run_dir: Path, created: Path) -> None:
+    """Remove a fresh run's folders (``created``, the outermost one this run made) if the run saved nothing a
+    later command could use (no model, checkpoint or evaluation): a command that failed leaves no empty
+    folders behind to shift the ``-N`` suffix of later runs."""
+    saved = [run_dir / MODEL_FILE, run_dir / "eval" / "evaluations.npz", *run_dir.glob("checkpoints/*.zip")]
+    if not any(path.exists() for path in saved):
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def new_run_dir(config: TrainConfig) -> tuple[Path, Path]:
+    """A fresh folder ``<log_dir>/<env>/<agent>-seed<seed>[-N]``, and the outermost folder made for it (the
+    run folder itself, or a parent that did not exist either)."""
     run_dir = run_dir_for(config.log_dir, config.env, config.agent_name, config.seed)
     parent = run_dir.parent
     suffix = 2
     while run_dir.exists():
         run_dir, suffix = parent / f"{config.agent_name}-seed{config.seed}-{suffix}", suffix + 1
+    created = first_missing_folder(run_dir)
     try:
         run_dir.mkdir(parents=True)
     except OSError as error:
         raise ConfigError(f"Cannot create the run folder {run_dir} ({error.strerror or error}). Fix: give --log-dir "
                           f"a folder you can write to.") from None
-    return run_dir
+    return run_dir, created
 
 
 def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed_at: int | None = None,
@@ -184,8 +207,11 @@ def run_summary(run_dir: Path) -> str:
     path = run_dir / "eval" / "evaluations.npz"
     if not path.exists():
         return f"No evaluation (--eval-freq 0). Run folder: {run_dir}"
-    with np.load(path) as data:
-        steps, results = data["timesteps"], data["results"]
+    try:
+        with np.load(path) as data:
+            steps, results = data["timesteps"], data["results"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        return f"No evaluation to show: {path} is damaged ({type(error).__name__}). Run folder: {run_dir}"
     if not len(steps):
         return f"No evaluation yet. Run folder: {run_dir}"
     means = results.mean(axis=1)
@@ -255,13 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     keep_freed_memory()
+    run_dir = created = None
     try:
         if args.resume:
             run_dir = Path(args.resume)
             config, env = resumed_config(run_dir, args)
         else:
             config, env = config_from_args(args)
-            run_dir = new_run_dir(config)
+            run_dir, created = new_run_dir(config)
         with open(run_dir / COMMAND_FILE, "a") as command:
             command.write(shlex.join([sys.executable, "-m", "ctm_rl.train", *argv]) + "\n")
         if config.eval_freq >= config.timesteps:
@@ -270,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Run folder: {run_dir}")
         model = train(config, env, run_dir, resume=bool(args.resume))
     except CtmRlError as error:
+        if created is not None:
+            discard_unsaved_run(run_dir, created)
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)

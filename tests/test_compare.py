@@ -130,11 +130,14 @@ def test_extending_a_folder_with_other_run_settings_is_refused(tmp_path, capsys)
     (["--baseline", "gru"], "--baseline 'gru' is not one of the agents"),
     (["--eval-freq", "1000"], "--eval-freq (1000) exceeds --timesteps (512)"),
     (["--page", "x.md"], "--page goes with --report"),
+    (["--agents", "lstm", "ctm:ticks=0"], "agent 'ctm:ticks=0': ticks must be an integer >= 1"),
+    (["--agents", "ctm:d_model=abc"], "agent 'ctm:d_model=abc': d_model must be an integer >= 1"),
+    (["--agents", "ctm:learning_rate=lin_x"], "'lin_x' is not a linear schedule"),
 ])
-def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
+def test_bad_input_is_refused_before_training_and_leaves_no_folder(tmp_path, capsys, args, message):
     assert compare.main([*TINY, "--out", str(tmp_path / "cmp"), *args]) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "cmp" / "runs").exists()
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_report_of_a_folder_that_is_not_a_comparison(tmp_path, capsys):

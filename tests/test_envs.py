@@ -117,6 +117,7 @@ def test_non_finite_observations_stop_training_with_the_env_and_step_named(tmp_p
     err = capsys.readouterr().err
     assert "toy_envs:GoesNonFinite returned NaN or infinity in the observation at step 5 (env 0)" in err
     assert "Fix:" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "a run that saved nothing leaves no folder behind"
 
 
 FAULT_RUN = ["--timesteps", "64", "--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "d_model=16",
@@ -137,6 +138,7 @@ def test_an_env_fault_is_one_line_naming_env_and_step_and_debug_shows_its_traceb
     assert train_module.main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir()), "a run that saved nothing leaves no folder behind"
     with pytest.raises(EnvFaultError) as raised:
         train_module.main([*args, "--debug"])
     assert isinstance(raised.value.__cause__, RuntimeError if fault == "raise" else ValueError)

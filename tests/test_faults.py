@@ -188,6 +188,17 @@ def test_resume_restores_the_saved_parameters_and_optimizer_exactly(tmp_path):
         assert torch.equal(saved_state[key]["exp_avg"], state[key]["exp_avg"])
 
 
+def test_a_finished_run_with_damaged_evaluations_resumes_to_a_clear_summary(tmp_path, capsys):
+    assert run(tmp_path, "--timesteps", "64", "--eval-freq", "32", *TINY) == 0
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    (run_dir / "eval" / "evaluations.npz").write_bytes(b"PK not an npz")
+    capsys.readouterr()
+    assert resume(run_dir) == 0  # nothing left to train
+    out = capsys.readouterr()
+    assert "nothing to do" in out.out and "evaluations.npz is damaged (" in out.out
+    assert "Traceback" not in out.out + out.err
+
+
 @pytest.mark.parametrize("damage", ["evaluations", "config", "policy"])
 def test_a_damaged_file_in_a_run_folder_gets_a_clear_error_or_a_fallback(tmp_path, capsys, damage):
     assert run(tmp_path, "--timesteps", "96", "--eval-freq", "32", "--checkpoint-freq", "64", *TINY) == 0
