@@ -1,4 +1,5 @@
-"""Small environments for tests: a cue-recall memory task with a choice of action space, registered on import."""
+"""Small environments for tests: cue-recall memory tasks (one with a choice of action space, one where waiting
+beats guessing) and faulty envs, registered on import."""
 
 from __future__ import annotations
 
@@ -56,6 +57,42 @@ class CueRecall(gym.Env):
 
 
 gym.register("ToyCueRecall-v0", entry_point=CueRecall)
+
+
+class CueOrWait(gym.Env):
+    """A memory task where standing still beats guessing: one of ``n_cues`` cues shows on the first step, blanks
+    follow, and from step ``delay`` on a go signal shows. Naming the cue after the go signal ends the episode
+    with +1, naming another with -1; answers before it, and the extra action ``n_cues`` (wait), do nothing, and
+    the episode ends unanswered (0) ``patience`` steps after the go signal. Without memory a guess is worth
+    ``(2 - n_cues) / n_cues`` < 0 for three cues or more, so an agent that cannot remember learns to wait.
+
+    Observation: one-hot cue (``n_cues`` entries), a blank flag and the go flag.
+    """
+
+    def __init__(self, n_cues: int = 3, delay: int = 4, patience: int = 4) -> None:
+        self.n_cues, self.delay, self.patience = n_cues, delay, patience
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(n_cues + 2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(n_cues + 1)
+
+    def _observe(self):
+        obs = np.zeros(self.n_cues + 2, dtype=np.float32)
+        obs[self.cue if self.t == 0 else self.n_cues] = 1.0
+        obs[-1] = float(self.t >= self.delay)
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.cue, self.t = int(self.np_random.integers(self.n_cues)), 0
+        return self._observe(), {}
+
+    def step(self, action):
+        answered = self.t >= self.delay and int(action) < self.n_cues
+        reward = (1.0 if int(action) == self.cue else -1.0) if answered else 0.0
+        self.t += 1
+        return self._observe(), reward, answered, self.t >= self.delay + self.patience, {}
+
+
+gym.register("ToyCueOrWait-v0", entry_point=CueOrWait)
 
 
 class GoesNonFinite(gym.Env):
