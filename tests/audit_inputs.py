@@ -166,7 +166,7 @@ CASES = [
          setup=MAKE_RUN + f" && cd {RUN} && python -c \"import zipfile, sys; z = zipfile.ZipFile('model.zip'); "
                "d = {n: z.read(n) for n in z.namelist()}; z.close(); d['policy.pth'] = d['policy.pth'][:100]; "
                "z = zipfile.ZipFile('model.zip', 'w'); [z.writestr(n, b) for n, b in d.items()]\" && rm -rf checkpoints"),
-    Case("resume with corrupt evaluations.npz", train("--resume", RUN),
+    Case("resume with corrupt evaluations.npz", train("--resume", RUN, "--timesteps", "128"),
          setup=MAKE_RUN + f" && head -c 50 {RUN}/eval/evaluations.npz > x && mv x {RUN}/eval/evaluations.npz"),
     Case("resume with corrupt config.yaml", train("--resume", RUN), setup=MAKE_RUN + f" && echo '{{: [' > {RUN}/config.yaml"),
     Case("resume changing --env", train("--resume", RUN, "--env", "Acrobot-v1"), setup=MAKE_RUN),
