@@ -33,20 +33,23 @@ def _trained(policy_class, policy_kwargs, **algo):
 
 
 def _part_norms(policy):
-    squares = {}
+    squares, sizes = {}, {}
     for name, parameter in policy.named_parameters():
         if parameter.grad is not None:
             part = parameter_part(name)
             squares[part] = squares.get(part, 0.0) + float(parameter.grad.square().sum())
-    return {part: value ** 0.5 for part, value in squares.items()}
+            sizes[part] = sizes.get(part, 0) + parameter.numel()
+    return {part: value ** 0.5 for part, value in squares.items()}, {
+        part: (value / sizes[part]) ** 0.5 for part, value in squares.items()}
 
 
 def test_ctm_update_logs_each_parts_gradient_norm_and_the_synchronisation():
     model, logged = _trained(CtmPolicy, dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3))
-    expected = _part_norms(model.policy)
+    expected, rms = _part_norms(model.policy)
     assert set(expected) == {"encoder", "synapses", "nlms", "decay", "start_traces", "actor_head", "critic_head"}
     for part, norm in expected.items():
         assert logged[f"grad_norm/{part}"] == pytest.approx(norm, rel=1e-4)
+        assert logged[f"grad_rms/{part}"] == pytest.approx(rms[part], rel=1e-4)
     rates = model.policy.ctm.synchronisation.rates().detach()
     assert logged["ctm/decay_mean"] == pytest.approx(float(rates.mean()))
     assert logged["ctm/decay_min"] <= logged["ctm/decay_mean"] <= logged["ctm/decay_max"]
@@ -78,10 +81,11 @@ def test_the_synchronisation_scale_is_that_of_the_last_rollout():
 
 def test_lstm_update_logs_the_same_gradient_norms_without_ctm_keys():
     model, logged = _trained(RecurrentActorCriticPolicy, lstm_policy_kwargs(16, d_input=8))
-    expected = _part_norms(model.policy)
+    expected, rms = _part_norms(model.policy)
     assert {"encoder", "lstm", "actor_head", "critic_head"} <= set(expected)
     for part, norm in expected.items():
         assert logged[f"grad_norm/{part}"] == pytest.approx(norm, rel=1e-4)
+        assert logged[f"grad_rms/{part}"] == pytest.approx(rms[part], rel=1e-4)
     assert not any(key.startswith("ctm/") for key in logged)
 
 

@@ -42,7 +42,9 @@ def parameter_part(name: str) -> str:
 
 
 class GradientNorms:
-    """Records each part's gradient norm before clipping, once per optimizer step, as a mean over the update.
+    """Records each part's gradient norm before clipping (``grad_norm/<part>``) and its root mean square per
+    parameter (``grad_rms/<part>``, to set against Adam's epsilon), once per optimizer step, as a mean over the
+    update.
 
     Every parameter's squared gradient norm is added up as backward produces it; the optimizer's step pre-hook
     turns the sums into norms and records them. :meth:`remove` detaches the hooks.
@@ -56,12 +58,15 @@ class GradientNorms:
                  record_mean: Callable[[str, float], Any]) -> None:
         self.record_mean = record_mean
         self.squares: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        self.sizes: dict[str, int] = defaultdict(int)
         self.handles = [optimizer.register_step_pre_hook(self._flush)]
         seen: set[int] = set()
         for name, parameter in policy.named_parameters():
             if parameter.requires_grad and id(parameter) not in seen:
                 seen.add(id(parameter))
-                self.handles.append(parameter.register_post_accumulate_grad_hook(self._accumulator(parameter_part(name))))
+                part = parameter_part(name)
+                self.sizes[part] += parameter.numel()
+                self.handles.append(parameter.register_post_accumulate_grad_hook(self._accumulator(part)))
 
     def _accumulator(self, part: str) -> Callable[[torch.Tensor], None]:
         def accumulate(parameter: torch.Tensor) -> None:
@@ -71,6 +76,7 @@ class GradientNorms:
     def _flush(self, *_: Any) -> None:
         for part, square in self.squares.items():
             self.record_mean(f"grad_norm/{part}", float(square.sqrt()))
+            self.record_mean(f"grad_rms/{part}", float((square / self.sizes[part]).sqrt()))
         self.squares.clear()
 
     def remove(self) -> None:
