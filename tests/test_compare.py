@@ -264,6 +264,19 @@ def test_test_time_ticks_and_dynamics_are_recorded_per_run_and_reported(tmp_path
     assert "dominant-frequency spread" in summary and "| lstm | 1 |" in summary
 
 
+def _long_comparison(out, seeds: int, backend: str = "local") -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a comparison of ``seeds`` runs far too long to finish in a test, two
+    at a time: two local workers, or half of the local Ray instance's CPUs per run."""
+    import os
+    import sys
+
+    command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds",
+               str(seeds), "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams",
+               "n_epochs=1", "d_model=16", "n_synch_out=4", "--out", str(out), "--backend", backend]
+    command += ["--workers", "2"] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
+    return command, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
 _RAY = pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="needs ctm-rl[ray]")
 
 
@@ -279,13 +292,8 @@ def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_pat
     import time
 
     out = tmp_path / "cmp"
-    # Four long runs on two workers: none can finish before the interrupt.
-    command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "4",
-               "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams", "n_epochs=1",
-               "d_model=16", "n_synch_out=4", "--out", str(out), "--backend", backend]
-    # Two runs at a time: two local workers, or half of the local Ray instance's CPUs per run.
-    command += ["--workers", "2"] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    # Four long runs, two at a time: none can finish before the interrupt.
+    command, env = _long_comparison(out, seeds=4, backend=backend)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
@@ -336,12 +344,7 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
     import time
 
     out = tmp_path / "cmp"
-    command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "2",
-               "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams", "n_epochs=1",
-               "d_model=16", "n_synch_out=4", "--out", str(out), "--backend", backend]
-    # Two runs at a time: two local workers, or half of the local Ray instance's CPUs per run.
-    command += ["--workers", "2"] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command, env = _long_comparison(out, seeds=2)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     workers = []
