@@ -288,7 +288,6 @@ def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_pat
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     out = tmp_path / "cmp"
@@ -340,7 +339,6 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     out = tmp_path / "cmp"
