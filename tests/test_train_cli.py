@@ -11,7 +11,7 @@ from sb3_contrib import RecurrentPPO
 import ctm_rl.train as train_module
 from ctm_rl import CheckpointError, ConfigError, CtmPolicy
 from ctm_rl.sb3.checkpoints import load_agent
-from ctm_rl.config import apply_hyperparams, load_preset, parse_value, resolve_config
+from ctm_rl.config import apply_hyperparams, load_preset, parse_value
 from ctm_rl.envs import make_env
 
 TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
@@ -76,12 +76,6 @@ def test_presets_merge_default_family_and_exact_name():
     assert preset["max_steps"] == 300  # exact name
     assert preset["policy_kwargs"]["d_model"] == 256 and preset["algo"]["n_epochs"] == 4  # family
     assert preset["algo"]["clip_range"] == 0.2 and preset["policy"] == "ctm"  # default
-
-
-def test_popgym_tasks_get_a_window_as_long_as_an_episode_with_spread_decay_rates():
-    config, _ = resolve_config("popgym-RepeatFirstEasy-v0", "ctm")
-    assert config.policy_kwargs["memory_length"] == 52 and config.policy_kwargs["initial_decay"] == [0.0, 1.0]
-    assert resolve_config("CartPole-NoVel", "ctm")[0].policy_kwargs["memory_length"] == 10
 
 
 def test_hyperparams_override_any_key():
