@@ -33,6 +33,9 @@ from ctm_rl.sb3.ppo import CtmPPO
 CONFIG_FILE, COMMAND_FILE, MODEL_FILE = "config.yaml", "command.txt", "model.zip"
 
 
+DAMAGED_NPZ = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+"""What reading a truncated, corrupt or foreign ``evaluations.npz`` raises."""
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ctm_rl.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,7 +147,7 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
         if resumed_at is not None and previous.exists():
             try:
                 evaluation.load_previous(previous, up_to=resumed_at)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            except DAMAGED_NPZ as error:
                 eval_env.close()
                 raise ConfigError(f"{previous} is damaged ({type(error).__name__}: {error}). Fix: move it aside to "
                                   f"resume without the earlier evaluations.") from None
@@ -210,7 +213,7 @@ def run_summary(run_dir: Path) -> str:
     try:
         with np.load(path) as data:
             steps, results = data["timesteps"], data["results"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except DAMAGED_NPZ as error:
         return f"No evaluation to show: {path} is damaged ({type(error).__name__}). Run folder: {run_dir}"
     if not len(steps):
         return f"No evaluation yet. Run folder: {run_dir}"

@@ -67,9 +67,7 @@ class CtmConfig:
         if self.neuron_select not in NEURON_SELECTIONS:
             raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, "
                               f"got {self.neuron_select!r}.")
-        if decay_range(self.initial_decay) is None:
-            raise ConfigError(f"initial_decay must be a number in the decay clamp range [0, {MAX_DECAY:g}], or a "
-                              f"[low, high] pair of them with low <= high, got {self.initial_decay!r}.")
+        decay_range(self.initial_decay)
 
     @property
     def output_size(self) -> int:
@@ -95,8 +93,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def decay_range(initial_decay: Any) -> tuple[float, float] | None:
-    """``(low, high)`` of a valid ``initial_decay`` (a number is ``(x, x)``), ``None`` for an invalid one."""
+def decay_range(initial_decay: Any) -> tuple[float, float]:
+    """``(low, high)`` of an ``initial_decay`` (a number is ``(x, x)``).
+
+    :raises ConfigError: if it is neither a rate in ``[0, MAX_DECAY]`` nor a ``[low, high]`` pair of them.
+    """
     def is_rate(value: Any) -> bool:
         return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= MAX_DECAY
 
@@ -105,4 +106,5 @@ def decay_range(initial_decay: Any) -> tuple[float, float] | None:
     if isinstance(initial_decay, (list, tuple)) and len(initial_decay) == 2 and all(map(is_rate, initial_decay)) \
             and initial_decay[0] <= initial_decay[1]:
         return float(initial_decay[0]), float(initial_decay[1])
-    return None
+    raise ConfigError(f"initial_decay must be a number in the decay clamp range [0, {MAX_DECAY:g}], or a [low, high] "
+                      f"pair of them with low <= high, got {initial_decay!r}.")

@@ -7,7 +7,6 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ctm_rl.errors import ConfigError
 from ctm_rl.model.config import MAX_DECAY, decay_range
 
 
@@ -72,11 +71,7 @@ class Synchronisation(nn.Module):
         self.first_neuron = d_model - n_synch if neuron_select == "first-last" else None
         # The newest column of the window has age 0.
         self.register_buffer("age", torch.arange(memory_length - 1, -1, -1, dtype=torch.float32))
-        bounds = decay_range(initial_decay)
-        if bounds is None:
-            raise ConfigError(f"initial_decay must be a rate in [0, {MAX_DECAY:g}] or a [low, high] pair of them, "
-                              f"got {initial_decay!r}.")
-        low, high = bounds
+        low, high = decay_range(initial_decay)
         self.decay = nn.Parameter(torch.linspace(low, high, len(left)))
         self.max_decay = max_decay
 

@@ -112,4 +112,3 @@ class TimedEvalCallback(EvalCallback):
         np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
                  ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
                  train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)
-
