@@ -173,7 +173,8 @@ def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, Trai
     shared = parse_key_values(config.hyperparams, "--hyperparams")
     settings = dict(timesteps=config.timesteps, n_envs=config.n_envs, max_steps=config.max_steps,
                     env_module=config.env_module, env_kwargs=config.env_kwargs,
-                    eval_freq=config.eval_freq, eval_episodes=config.eval_episodes, checkpoint_freq=0, device=device,
+                    eval_freq=config.eval_freq, eval_episodes=config.eval_episodes,
+                    eval_deterministic=config.eval_deterministic, checkpoint_freq=0, device=device,
                     progress_bar=False, seed=config.seeds[0])
     def agent_error(spec: AgentSpec, error: CtmRlError) -> CtmRlError:
         return type(error)(f"agent {spec.label!r}: {error}")
@@ -303,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timesteps", type=int, default=defaults.timesteps, help="env steps per run (default: %(default)s)")
     parser.add_argument("--eval-freq", type=int, default=defaults.eval_freq, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes, help="episodes per evaluation")
+    parser.add_argument("--eval-stochastic", action="store_true",
+                        help="evaluate with sampled actions, as in training (default: the most likely actions)")
     parser.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every agent")
     parser.add_argument("--n-envs", type=int, help="training envs per run (default: each preset's)")
     parser.add_argument("--max-steps", type=int, help="episode step limit (default: each preset's)")
@@ -345,7 +348,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device auto or cpu.")
     return CompareConfig(env=args.env, agents=list(dict.fromkeys(args.agents)),
                          seeds=list(range(args.first_seed, args.first_seed + args.seeds)), timesteps=args.timesteps,
-                         eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, hyperparams=args.hyperparams,
+                         eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+                         eval_deterministic=not args.eval_stochastic, hyperparams=args.hyperparams,
                          n_envs=args.n_envs, max_steps=args.max_steps, env_module=args.env_module,
                          env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), threshold=args.threshold,
                          baseline=args.baseline, description=args.description,

@@ -147,6 +147,10 @@ class TrainConfig(SavedConfig):
     """Episodes per evaluation."""
     eval_envs: int = 4
     """Parallel evaluation environments."""
+    eval_deterministic: bool = True
+    """Evaluate with the policy's most likely actions; ``False`` samples them, as training does. In a partially
+    observed env a recurrent policy's most likely actions can loop (``eval/time_limit_fraction`` near 1) where
+    its sampled ones finish episodes."""
     checkpoint_freq: int = 50_000
     """Environment steps between checkpoints (0 disables them)."""
     log_dir: str = "runs"

@@ -362,7 +362,7 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     lines += [
         f"{len(config.seeds)} seeds per agent ({', '.join(map(str, config.seeds))}), {config.timesteps:,} env steps "
         f"per run, evaluated every {config.eval_freq:,} steps on {config.eval_episodes} episodes of separate "
-        f"evaluation environments with deterministic actions."
+        f"evaluation environments with {'deterministic' if config.eval_deterministic else 'sampled'} actions."
         + (f" Shared overrides: `{' '.join(config.hyperparams)}`." if config.hyperparams else ""),
         "",
         "- **Final return**: a run's mean return at its last evaluation. IQM (interquartile mean), mean and median "

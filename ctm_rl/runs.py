@@ -31,7 +31,9 @@ class CompareConfig(SavedConfig):
     eval_freq: int = 10_000
     """Environment steps between evaluations."""
     eval_episodes: int = 10
-    """Episodes per evaluation, on separate evaluation environments (deterministic actions)."""
+    """Episodes per evaluation, on separate evaluation environments."""
+    eval_deterministic: bool = True
+    """Evaluate with each policy's most likely actions; ``False`` samples them, as training does."""
     hyperparams: list[str] = field(default_factory=list)
     """``key=value`` overrides applied to every agent before its own."""
     n_envs: int | None = None
@@ -54,8 +56,8 @@ class CompareConfig(SavedConfig):
     ``eval_episodes`` episodes each; empty: none."""
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
-    RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "hyperparams", "n_envs", "max_steps", "env_module",
-                  "env_kwargs")
+    RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "eval_deterministic", "hyperparams", "n_envs",
+                  "max_steps", "env_module", "env_kwargs")
 
     def baseline_agent(self) -> str:
         """The agent the others are compared against."""

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vec-env", default="dummy", choices=["dummy", "subproc"], help="vectorisation")
     parser.add_argument("--eval-freq", type=int, default=TrainConfig.eval_freq, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=TrainConfig.eval_episodes, help="episodes per evaluation")
+    parser.add_argument("--eval-stochastic", action="store_true",
+                        help="evaluate with sampled actions, as in training (default: the most likely actions)")
     parser.add_argument("--checkpoint-freq", type=int, default=TrainConfig.checkpoint_freq,
                         help="env steps between checkpoints")
     parser.add_argument("--log-dir", default=TrainConfig.log_dir, help="parent folder of run folders")
@@ -75,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, ResolvedEnv
         n_envs=args.n_envs, max_steps=args.max_steps, ticks=args.ticks, mask_velocity=args.mask_velocity,
         env_module=args.env_module, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), seed=args.seed,
         device=args.device, vec_env=args.vec_env, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+        eval_deterministic=not args.eval_stochastic,
         checkpoint_freq=args.checkpoint_freq, log_dir=args.log_dir, progress_bar=not args.no_progress_bar,
         log_dynamics=args.log_dynamics,
     )
@@ -140,6 +143,7 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
             dynamics = DynamicsLogger(lambda: run_env(config, n_envs=1, seed=config.seed + 20_000))
             after_eval = dynamics if after_eval is None else CallbackList([dynamics, after_eval])
         evaluation = TimedEvalCallback(eval_env, n_eval_episodes=config.eval_episodes,
+                                       deterministic=config.eval_deterministic,
                                        eval_freq=max(config.eval_freq // config.n_envs, 1),
                                        log_path=str(run_dir / "eval"), best_model_save_path=str(run_dir / "eval"),
                                        callback_after_eval=after_eval, verbose=0)

@@ -64,6 +64,8 @@ class TuneConfig:
     """Environment steps between evaluations, which are also the pruner's checkpoints."""
     eval_episodes: int = 10
     """Episodes per evaluation."""
+    eval_deterministic: bool = True
+    """Evaluate with the policy's most likely actions; ``False`` samples them, as training does."""
     hyperparams: dict[str, Any] = field(default_factory=dict)
     """Fixed overrides applied under the sampled ones."""
     n_startup_trials: int = 5
@@ -121,7 +123,8 @@ def trial_configs(config: TuneConfig, overrides: dict[str, Any], folder: Path) -
     for seed in range(config.seeds):
         train_config, _ = resolve_config(config.env, config.agent, {**config.hyperparams, **overrides},
                                          timesteps=config.timesteps, eval_freq=config.eval_freq,
-                                         eval_episodes=config.eval_episodes, checkpoint_freq=0, seed=seed,
+                                         eval_episodes=config.eval_episodes,
+                                         eval_deterministic=config.eval_deterministic, checkpoint_freq=0, seed=seed,
                                          progress_bar=False, log_dir=str(folder))
         configs.append(train_config)
     return configs
@@ -270,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=defaults.seeds, help="seeds per trial (default: %(default)s)")
     parser.add_argument("--eval-freq", type=int, default=defaults.eval_freq, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes, help="episodes per evaluation")
+    parser.add_argument("--eval-stochastic", action="store_true",
+                        help="evaluate with sampled actions, as in training (default: the most likely actions)")
     parser.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE", help="fixed overrides")
     parser.add_argument("--n-jobs", type=int, default=1, help="processes running trials (default: %(default)s)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out)")
@@ -282,20 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_args(args: argparse.Namespace) -> TuneConfig:
+    """The study's settings from the command line, checked."""
+    for name in ("trials", "timesteps", "seeds", "eval_freq", "eval_episodes", "n_jobs"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}. Fix: 1 or more.")
+    if args.eval_freq > args.timesteps:
+        raise ConfigError(f"--eval-freq ({args.eval_freq}) exceeds --timesteps ({args.timesteps}): trials would "
+                          f"not be evaluated. Fix: lower --eval-freq.")
+    return TuneConfig(env=args.env, agent=args.agent, trials=args.trials, timesteps=args.timesteps,
+                      seeds=args.seeds, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+                      eval_deterministic=not args.eval_stochastic,
+                      hyperparams=parse_key_values(args.hyperparams, "--hyperparams"),
+                      n_startup_trials=args.startup_trials, sampler_seed=args.sampler_seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        for name in ("trials", "timesteps", "seeds", "eval_freq", "eval_episodes", "n_jobs"):
-            if getattr(args, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}. Fix: 1 or more.")
-        if args.eval_freq > args.timesteps:
-            raise ConfigError(f"--eval-freq ({args.eval_freq}) exceeds --timesteps ({args.timesteps}): trials would "
-                              f"not be evaluated. Fix: lower --eval-freq.")
-        config = TuneConfig(env=args.env, agent=args.agent, trials=args.trials, timesteps=args.timesteps,
-                            seeds=args.seeds, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
-                            hyperparams=parse_key_values(args.hyperparams, "--hyperparams"),
-                            n_startup_trials=args.startup_trials, sampler_seed=args.sampler_seed)
+        config = config_from_args(args)
         study_dir = Path(args.out or Path("studies") / safe_name(f"{args.env}-{Path(args.agent).stem}"))
         study = run_study(config, study_dir, args.storage, args.study_name, args.n_jobs, args.save_preset)
         with open(study_dir / "command.txt", "a") as command:

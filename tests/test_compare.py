@@ -367,3 +367,12 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
             pass
     # Each run saved what it had learned when it stopped.
     assert all((out / "runs" / "ctm" / f"seed{seed}" / "model.zip").exists() for seed in (0, 1))
+
+
+@pytest.mark.parametrize("flags, deterministic, words", [((), True, "deterministic actions"),
+                                                         (("--eval-stochastic",), False, "sampled actions")])
+def test_every_run_is_evaluated_as_the_comparison_says(flags, deterministic, words):
+    config = compare.config_from_args(compare.build_parser().parse_args(TINY + list(flags)))
+    assert config.eval_deterministic is deterministic
+    assert [c.eval_deterministic for c in compare.agent_configs(config).values()] == [deterministic] * 2
+    assert words in report.summary_markdown(config, {}, [])

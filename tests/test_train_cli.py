@@ -4,12 +4,15 @@ import re
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers import interrupt_training_at
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.logger import configure
 
 import ctm_rl.train as train_module
 from ctm_rl import CheckpointError, ConfigError, CtmPolicy
+from ctm_rl.sb3.callbacks import TimedEvalCallback
 from ctm_rl.sb3.checkpoints import load_agent
 from ctm_rl.config import apply_hyperparams, load_preset, parse_value
 from ctm_rl.envs import make_env
@@ -235,3 +238,28 @@ def test_mismatched_checkpoints_raise_checkpoint_error(saved_model):
         load_agent(saved_model, env=make_env("MiniGrid-Empty-5x5"), trust_pickle=True)
     with pytest.raises(CheckpointError, match="d_model: saved 16, requested 32"):
         load_agent(saved_model, expected_policy_kwargs={"d_model": 32}, trust_pickle=True)
+
+
+@pytest.mark.parametrize("flags, deterministic", [((), True), (("--eval-stochastic",), False)])
+def test_evaluation_takes_the_most_likely_or_sampled_actions(tmp_path, flags, deterministic):
+    # CueOrWait with the go signal at step 1: a policy that prefers waiting a little waits every step of every
+    # episode with its most likely actions (9 steps, then the episode ends unanswered), while sampling answers
+    # within a few steps.
+    args = ["--env", "ToyCueOrWait-v0", "--env-module", "toy_envs", "--env-kwargs", "delay=1", "patience=8",
+            "--timesteps", "16", *TINY, "--eval-episodes", "20", *flags]
+    config, env = train_module.config_from_args(train_module.build_parser().parse_args(args))
+    assert config.eval_deterministic is deterministic
+    run_dir = tmp_path / "run"
+    model = train_module.build_model(config, make_env(env, n_envs=2, env_kwargs=config.env_kwargs), run_dir)
+    with torch.no_grad():  # the actions' logits no longer depend on the observation: wait is the most likely
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.5]))
+    (evaluation,) = [c for c in train_module.make_callbacks(config, env, run_dir) if isinstance(c, TimedEvalCallback)]
+    model.set_logger(configure(None, []))
+    evaluation.init_callback(model)
+    evaluation.evaluate_now()
+    lengths = np.asarray(evaluation.evaluations_length[-1])
+    if deterministic:
+        assert lengths.tolist() == [9] * 20
+    else:
+        assert lengths.mean() < 4

@@ -83,3 +83,11 @@ def test_the_comparison_summary_says_which_presets_were_tuned_and_with_what_budg
     assert "did not get the same tuning budget** (lstm untuned)" in one
     both = " ".join(_tuning_lines({"ctm": [{"tuning": record}], "lstm": [{"tuning": {**record, "study": "t"}}]}))
     assert "same tuning budget" not in both
+
+
+@pytest.mark.parametrize("flags, deterministic", [((), True), (("--eval-stochastic",), False)])
+def test_trials_are_evaluated_as_the_study_says(tmp_path, flags, deterministic):
+    args = tune.build_parser().parse_args(["--timesteps", "96", "--eval-freq", "32", *flags])
+    config = tune.config_from_args(args)
+    assert config.eval_deterministic is deterministic
+    assert [c.eval_deterministic for c in tune.trial_configs(config, {}, tmp_path)] == [deterministic]
