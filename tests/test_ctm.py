@@ -126,6 +126,9 @@ def test_start_traces_and_decay_receive_gradients():
     (dict(initial_decay=[2.0, 1.0]), "initial_decay must be a number"),
     (dict(initial_decay=[0.0, 1.0, 2.0]), "initial_decay must be a number"),
     (dict(initial_decay=[0.0, 9.0]), "initial_decay must be a number"),
+    (dict(memory_length=10, nlm_history=11), "nlm_history must be an integer from 1 to memory_length (10)"),
+    (dict(nlm_history=0), "nlm_history must be an integer from 1 to memory_length (10)"),
+    (dict(nlm_history=2.5), "nlm_history must be an integer from 1 to memory_length (10)"),
 ])
 def test_bad_hyperparameters_raise_clear_errors_when_the_config_is_made(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

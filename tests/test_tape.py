@@ -20,13 +20,16 @@ def _packed_loss(ctm, features, traces, starts, lengths, weights):
     return (output * weights[0]).sum() + (pre * weights[1]).sum() + (post * weights[2]).sum()
 
 
-@pytest.mark.parametrize("ticks, memory_length", [(1, 4), (3, 4), (2, 9)])
-def test_gradients_through_outputs_final_traces_and_initial_traces_equal_the_plain_definition(ticks, memory_length):
+@pytest.mark.parametrize("ticks, memory_length, nlm_history", [(1, 4, None), (3, 4, None), (2, 9, None), (2, 9, 3),
+                                                                (3, 4, 1)])
+def test_gradients_through_outputs_final_traces_and_initial_traces_equal_the_plain_definition(ticks, memory_length,
+                                                                                             nlm_history):
     """Sequences end at different steps (the batch shrinks), some after fewer ticks than the window holds (their
-    final window still contains initial columns), and one resets mid-sequence."""
+    final window still contains initial columns), and one resets mid-sequence. With ``nlm_history`` the
+    neuron-level models read only the newest columns of the window."""
     torch.manual_seed(4)
     ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=12, ticks=ticks, memory_length=memory_length, nlm_hidden=3,
-                                   n_synch_out=4))
+                                   n_synch_out=4, nlm_history=nlm_history))
     lengths = torch.tensor([7, 3, 5, 1, 7, 2])
     features, traces, starts = _inputs(ctm, length=7, batch=len(lengths))
     traces = tuple(t.requires_grad_() for t in traces)  # (B, D, M) leaves, as the plain definition keeps them

@@ -76,7 +76,7 @@ class ContinuousThoughtMachine(nn.Module):
         self.ticks = config.ticks
         self.memory_length = config.memory_length
         self.synapses = Synapses(d_input, config.d_model, config.synapse_depth)
-        self.nlms = NeuronLevelModels(config.d_model, config.memory_length, config.nlm_hidden)
+        self.nlms = NeuronLevelModels(config.d_model, config.nlm_inputs, config.nlm_hidden)
         self.synchronisation = Synchronisation(config.d_model, config.n_synch_out, config.neuron_select,
                                                config.memory_length, initial_decay=config.initial_decay)
         bound = math.sqrt(1.0 / (config.d_model + config.memory_length))
@@ -124,7 +124,7 @@ class ContinuousThoughtMachine(nn.Module):
         for _ in range(self.ticks):
             # --- Synapses: new pre-activations from the features and the latest post-activations ---
             pre_activation = self.synapses(projected_features, _running(columns[-1], batch).t())  # (B, D)
-            # --- Neuron-level models: each neuron reads its own pre-activation history, the newest M ---
+            # --- Neuron-level models: each neuron reads its own pre-activation history, the newest nlm_inputs ---
             post_activation = self.nlms.advance(pre, pre_activation)  # (D, B)
             # --- Synchronisation follows the post-activation window as it moves on by one column ---
             newest = self.synchronisation.pair_products(post_activation)  # (P, B)

@@ -51,7 +51,8 @@ class NeuronLevelModels(nn.Module):
     Every neuron has its own weights.
 
     :param n_neurons: number of neurons (``d_model``).
-    :param memory_length: length of the pre-activation history each neuron reads.
+    :param memory_length: length of the pre-activation history each neuron reads (the newest columns of a
+        longer trace).
     :param hidden: hidden width of deep NLMs; 0 for shallow NLMs.
     """
 
@@ -68,9 +69,14 @@ class NeuronLevelModels(nn.Module):
             layers = [PrivateLinear(n_neurons, memory_length, 2), nn.GLU(dim=1)]
         self.layers = nn.Sequential(*layers)
 
+    @property
+    def history(self) -> int:
+        """Pre-activations each neuron reads: the newest ``history`` columns of a trace."""
+        return self.layers[0].weight.shape[1]
+
     def forward(self, pre_trace: torch.Tensor) -> torch.Tensor:
-        # pre_trace: (D, M, B) -> post-activation (D, B)
-        return self.layers(pre_trace).squeeze(1)
+        # pre_trace: (D, M, B), of which the newest `history` columns are read -> post-activation (D, B)
+        return self.layers(pre_trace[:, pre_trace.shape[1] - self.history:]).squeeze(1)
 
     def advance(self, history: PreActivationHistory, pre_activation: torch.Tensor
                 ) -> torch.Tensor:

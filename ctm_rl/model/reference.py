@@ -24,11 +24,11 @@ def reference_synapses(ctm: ContinuousThoughtMachine, features: torch.Tensor, po
 
 
 def reference_nlms(ctm: ContinuousThoughtMachine, pre_trace: torch.Tensor) -> torch.Tensor:
-    """``z_t[d] = g_d(A_t[d])``: each neuron's private MLP over its own pre-activation history, one neuron at a
-    time. ``(B, D, M)`` -> ``(B, D)``."""
+    """``z_t[d] = g_d(A_t[d])``: each neuron's private MLP over its own pre-activation history (the newest
+    ``nlm_inputs`` of it), one neuron at a time. ``(B, D, M)`` -> ``(B, D)``."""
     outputs = []
     for neuron in range(ctm.d_model):
-        x = pre_trace[:, neuron]  # (B, M)
+        x = pre_trace[:, neuron, ctm.memory_length - ctm.config.nlm_inputs:]  # (B, K)
         for layer in ctm.nlms.layers:
             if isinstance(layer, nn.GLU):
                 x = F.glu(x, dim=-1)

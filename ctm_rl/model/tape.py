@@ -49,7 +49,7 @@ class PreActivationWindow:
         """As :meth:`PreActivationTape.append_and_project`."""
         older = self.trace[:, 1:, : pre_activation.shape[0]]  # the first b entries are still running
         self.trace = torch.cat((older, pre_activation.t().unsqueeze(1)), dim=1)  # (D, M, b)
-        return layer(self.trace)  # (D, out, b)
+        return layer(self.trace[:, self.trace.shape[1] - layer.weight.shape[1]:])  # (D, out, b)
 
     def read(self, batch: slice, after: torch.Tensor) -> torch.Tensor:
         """As :meth:`PreActivationTape.read`."""
@@ -77,6 +77,10 @@ class PreActivationTape:
         batch = slice(batch) if isinstance(batch, int) else batch
         return self.values[:, tick : tick + self.memory_length, batch]
 
+    def read_by(self, tick: int, batch: int, weight: torch.Tensor) -> torch.Tensor:
+        """The newest columns of :meth:`window` that a ``(D, K, out)`` private ``weight`` reads: ``(D, K, b)``."""
+        return self.values[:, tick + self.memory_length - weight.shape[1] : tick + self.memory_length, :batch]
+
     def gradient_tape(self) -> torch.Tensor:
         """The gradient of every column, zero until backward passes add to it."""
         if self.gradient is None:
@@ -84,11 +88,12 @@ class PreActivationTape:
         return self.gradient
 
     def append_and_project(self, pre_activation: torch.Tensor, layer: PrivateLinear) -> torch.Tensor:
-        """Append one tick's pre-activations and apply a private linear map to every neuron's new window.
+        """Append one tick's pre-activations and apply a private linear map to the newest columns of every
+        neuron's new window.
 
         :param pre_activation: ``(b, D)`` for the first ``b`` batch entries (the ones still running).
-        :param layer: the per-neuron linear map, ``M -> out``.
-        :return: ``(D, out, b)``, equal to ``layer(window)`` over the moved window.
+        :param layer: the per-neuron linear map, ``K -> out`` for the newest ``K <= M`` columns.
+        :return: ``(D, out, b)``, equal to ``layer(window[:, M - K:])`` over the moved window.
         """
         if self.memory_length + self.ticks >= self.values.shape[1]:
             raise RuntimeError(f"the tape holds {self.values.shape[1] - self.memory_length} ticks, all appended")
@@ -118,7 +123,7 @@ class _WindowProduct(torch.autograd.Function):
         batch = pre_activation.shape[0]
         tick = tape.ticks
         tape.values[:, tape.memory_length + tick, :batch] = pre_activation.t()
-        window = tape.window(tick + 1, batch)  # (D, M, b)
+        window = tape.read_by(tick + 1, batch, weight)  # (D, K, b)
         ctx.save_for_backward(weight)
         ctx.tape, ctx.tick, ctx.first = tape, tick, initial is not None  # type: ignore[attr-defined]
         return private_linear(window, weight, bias)  # (D, out, b)
@@ -131,10 +136,11 @@ class _WindowProduct(torch.autograd.Function):
         batch = grad_product.shape[-1]
         memory_length = tape.memory_length
         gradient = tape.gradient_tape()
+        read = slice(tick + 1 + memory_length - weight.shape[1], tick + 1 + memory_length)  # the K columns read
         # The window's gradient joins what later ticks (and reads of final traces) left on the tape. (An in-place
         # baddbmm_ into the window, a strided view once the batch has shrunk, runs one product per neuron.)
-        gradient[:, tick + 1 : tick + 1 + memory_length, :batch] += torch.bmm(weight, grad_product)  # (D, M, b)
-        grad_weight = torch.bmm(tape.window(tick + 1, batch), grad_product.transpose(1, 2))  # (D, M, out)
+        gradient[:, read, :batch] += torch.bmm(weight, grad_product)  # (D, K, b)
+        grad_weight = torch.bmm(tape.values[:, read, :batch], grad_product.transpose(1, 2))  # (D, K, out)
         grad_bias = grad_product.sum(-1)  # (D, out)
         # Nothing before this tick reads its column: that gradient is complete. Clearing what has been handed on
         # leaves the tape at zero after a whole backward pass, ready for another one.

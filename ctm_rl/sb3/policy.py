@@ -71,8 +71,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param observation_space: observation space.
     :param action_space: action space (Discrete, MultiDiscrete, MultiBinary or Box).
     :param lr_schedule: learning-rate schedule.
-    :param d_model: the CTM's hyperparameters (with ``ticks``, ``memory_length``, ``nlm_hidden``, ``synapse_depth``,
-        ``n_synch_out``, ``neuron_select`` and ``initial_decay``), documented and validated by
+    :param d_model: the CTM's hyperparameters (with ``ticks``, ``memory_length``, ``nlm_history``, ``nlm_hidden``,
+        ``synapse_depth``, ``n_synch_out``, ``neuron_select`` and ``initial_decay``), documented and validated by
         :class:`~ctm_rl.model.config.CtmConfig`, whose defaults they take.
     :param d_input: width of the default encoder's features (per cell for MiniGrid grids).
     :param carry_traces: carry the traces from one environment step to the next (the CTM for RL). ``False``
@@ -107,6 +107,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         d_input: int = 64,
         ticks: int = _CTM_DEFAULTS.ticks,
         memory_length: int = _CTM_DEFAULTS.memory_length,
+        nlm_history: int | None = _CTM_DEFAULTS.nlm_history,
         nlm_hidden: int = _CTM_DEFAULTS.nlm_hidden,
         synapse_depth: int = _CTM_DEFAULTS.synapse_depth,
         n_synch_out: int = _CTM_DEFAULTS.n_synch_out,
@@ -134,7 +135,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.ctm_config = CtmConfig(
-            d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_hidden=nlm_hidden,
+            d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_history=nlm_history, nlm_hidden=nlm_hidden,
             synapse_depth=synapse_depth, n_synch_out=n_synch_out, neuron_select=neuron_select,
             initial_decay=initial_decay,
         )
