@@ -126,10 +126,17 @@ def test_start_traces_and_decay_receive_gradients():
     (dict(initial_decay=[2.0, 1.0]), "initial_decay must be a number"),
     (dict(initial_decay=[0.0, 1.0, 2.0]), "initial_decay must be a number"),
     (dict(initial_decay=[0.0, 9.0]), "initial_decay must be a number"),
-    (dict(memory_length=10, nlm_history=11), "nlm_history must be an integer from 1 to memory_length (10)"),
-    (dict(nlm_history=0), "nlm_history must be an integer from 1 to memory_length (10)"),
-    (dict(nlm_history=2.5), "nlm_history must be an integer from 1 to memory_length (10)"),
+    (dict(nlm_history=0), "nlm_history must be an integer >= 1"),
+    (dict(nlm_history=2.5), "nlm_history must be an integer >= 1"),
+    (dict(nlm_history=True), "nlm_history must be an integer >= 1"),
 ])
 def test_bad_hyperparameters_raise_clear_errors_when_the_config_is_made(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         CtmConfig(**kwargs)
+
+
+@pytest.mark.parametrize("memory_length, nlm_history, inputs", [(10, None, 10), (10, 4, 4), (3, 10, 3), (5, 5, 5)])
+def test_the_neuron_level_models_read_at_most_the_whole_window(memory_length, nlm_history, inputs):
+    ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=8, memory_length=memory_length, nlm_history=nlm_history,
+                                                n_synch_out=4))
+    assert ctm.nlms.layers[0].weight.shape[1] == inputs

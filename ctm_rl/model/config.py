@@ -37,9 +37,9 @@ class CtmConfig:
     memory_length: int = 10
     """Length ``M`` of the pre- and post-activation traces each neuron-level model and the synchronisation read."""
     nlm_history: int | None = None
-    """Newest pre-activations each neuron-level model reads, at most ``memory_length``; ``None`` reads all
-    ``M`` (the reference). Shorter than ``M`` gives the synchronisation a long window while each neuron's model
-    stays a model of its recent history."""
+    """Newest pre-activations each neuron-level model reads (all ``memory_length`` of them if that is shorter);
+    ``None`` reads all ``M`` (the reference). Shorter than ``M`` gives the synchronisation a long window while
+    each neuron's model stays a model of its recent history."""
     nlm_hidden: int = 4
     """Hidden width of the deep neuron-level models (``M -> 2H -GLU-> H -> 2 -GLU-> 1``); 0 for shallow ones
     (``M -> 2 -GLU-> 1``)."""
@@ -60,10 +60,9 @@ class CtmConfig:
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}. Fix: pass {name}=1 or more.")
-        if self.nlm_history is not None and (not is_int(self.nlm_history)
-                                             or not 1 <= self.nlm_history <= self.memory_length):
-            raise ConfigError(f"nlm_history must be an integer from 1 to memory_length ({self.memory_length}), or null "
-                              f"for all of it, got {self.nlm_history!r}. Fix: lower it, or raise memory_length.")
+        if self.nlm_history is not None and (not is_int(self.nlm_history) or self.nlm_history < 1):
+            raise ConfigError(f"nlm_history must be an integer >= 1, or null for the whole memory_length, got "
+                              f"{self.nlm_history!r}. Fix: pass nlm_history=1 or more, or nlm_history=null.")
         if not is_int(self.nlm_hidden) or self.nlm_hidden < 0:
             raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {self.nlm_hidden!r}.")
         if self.n_synch_out > self.d_model:
@@ -79,8 +78,8 @@ class CtmConfig:
 
     @property
     def nlm_inputs(self) -> int:
-        """Pre-activations each neuron-level model reads: ``nlm_history``, or ``memory_length`` if that is None."""
-        return self.memory_length if self.nlm_history is None else self.nlm_history
+        """Pre-activations each neuron-level model reads: ``nlm_history`` up to ``memory_length``."""
+        return self.memory_length if self.nlm_history is None else min(self.nlm_history, self.memory_length)
 
     @property
     def output_size(self) -> int:
