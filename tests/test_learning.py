@@ -28,3 +28,13 @@ def test_ctm_solves_doorkey_5x5_on_every_seed_within_300k_steps(tmp_path):
     finals = _finals(tmp_path, CompareConfig(env="MiniGrid-DoorKey-5x5", agents=["ctm"], seeds=[0, 1, 2],
                                              timesteps=300_000, threshold=0.9))["ctm"]
     assert stats.iqm(finals) >= 0.9 and (finals >= 0.9).all(), finals
+
+
+@pytest.mark.slow
+def test_the_default_preset_remembers_the_first_card_of_a_popgym_episode(tmp_path):
+    """RepeatFirst asks at each of 51 steps for the suit of the episode's first card: the default window of 52 must
+    carry it (a window of 10 never learned it)."""
+    pytest.importorskip("popgym")
+    finals = _finals(tmp_path, CompareConfig(env="popgym-RepeatFirstEasy-v0", agents=["ctm"], seeds=[0, 1, 2],
+                                             timesteps=100_000, eval_freq=5_000))["ctm"]
+    assert (finals >= 0.9).sum() >= 2, finals
