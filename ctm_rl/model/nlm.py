@@ -15,6 +15,11 @@ def private_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     return torch.baddbmm(bias.unsqueeze(-1), weight.transpose(1, 2), x)
 
 
+def newest_columns(trace: torch.Tensor, count: int) -> torch.Tensor:
+    """The newest ``count`` columns of a neuron-major trace: ``(D, M, B)`` -> ``(D, count, B)``, a view."""
+    return trace[:, trace.shape[1] - count:]
+
+
 class PrivateLinear(nn.Module):
     """``n_neurons`` independent linear maps, one per neuron, applied in a single batched matrix product.
 
@@ -76,7 +81,7 @@ class NeuronLevelModels(nn.Module):
 
     def forward(self, pre_trace: torch.Tensor) -> torch.Tensor:
         # pre_trace: (D, M, B), of which the newest `history` columns are read -> post-activation (D, B)
-        return self.layers(pre_trace[:, pre_trace.shape[1] - self.history:]).squeeze(1)
+        return self.layers(newest_columns(pre_trace, self.history)).squeeze(1)
 
     def advance(self, history: PreActivationHistory, pre_activation: torch.Tensor
                 ) -> torch.Tensor:

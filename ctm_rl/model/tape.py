@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ctm_rl.model.nlm import PrivateLinear, private_linear
+from ctm_rl.model.nlm import PrivateLinear, newest_columns, private_linear
 
 
 def pre_activation_history(initial: torch.Tensor, capacity: int) -> PreActivationTape | PreActivationWindow:
@@ -49,7 +49,7 @@ class PreActivationWindow:
         """As :meth:`PreActivationTape.append_and_project`."""
         older = self.trace[:, 1:, : pre_activation.shape[0]]  # the first b entries are still running
         self.trace = torch.cat((older, pre_activation.t().unsqueeze(1)), dim=1)  # (D, M, b)
-        return layer(self.trace[:, self.trace.shape[1] - layer.weight.shape[1]:])  # (D, out, b)
+        return layer(newest_columns(self.trace, layer.weight.shape[1]))  # (D, out, b)
 
     def read(self, batch: slice, after: torch.Tensor) -> torch.Tensor:
         """As :meth:`PreActivationTape.read`."""
@@ -77,9 +77,9 @@ class PreActivationTape:
         batch = slice(batch) if isinstance(batch, int) else batch
         return self.values[:, tick : tick + self.memory_length, batch]
 
-    def read_by(self, tick: int, batch: int, weight: torch.Tensor) -> torch.Tensor:
-        """The newest columns of :meth:`window` that a ``(D, K, out)`` private ``weight`` reads: ``(D, K, b)``."""
-        return self.values[:, tick + self.memory_length - weight.shape[1] : tick + self.memory_length, :batch]
+    def columns_read(self, tick: int, weight: torch.Tensor) -> slice:
+        """The columns of :meth:`window` ``tick`` that a ``(D, K, out)`` private ``weight`` reads: its newest ``K``."""
+        return slice(tick + self.memory_length - weight.shape[1], tick + self.memory_length)
 
     def gradient_tape(self) -> torch.Tensor:
         """The gradient of every column, zero until backward passes add to it."""
@@ -123,7 +123,7 @@ class _WindowProduct(torch.autograd.Function):
         batch = pre_activation.shape[0]
         tick = tape.ticks
         tape.values[:, tape.memory_length + tick, :batch] = pre_activation.t()
-        window = tape.read_by(tick + 1, batch, weight)  # (D, K, b)
+        window = tape.values[:, tape.columns_read(tick + 1, weight), :batch]  # (D, K, b)
         ctx.save_for_backward(weight)
         ctx.tape, ctx.tick, ctx.first = tape, tick, initial is not None  # type: ignore[attr-defined]
         return private_linear(window, weight, bias)  # (D, out, b)
@@ -136,7 +136,7 @@ class _WindowProduct(torch.autograd.Function):
         batch = grad_product.shape[-1]
         memory_length = tape.memory_length
         gradient = tape.gradient_tape()
-        read = slice(tick + 1 + memory_length - weight.shape[1], tick + 1 + memory_length)  # the K columns read
+        read = tape.columns_read(tick + 1, weight)  # the K columns the forward product read
         # The window's gradient joins what later ticks (and reads of final traces) left on the tape. (An in-place
         # baddbmm_ into the window, a strided view once the batch has shrunk, runs one product per neuron.)
         gradient[:, read, :batch] += torch.bmm(weight, grad_product)  # (D, K, b)
