@@ -32,9 +32,9 @@ from ctm_rl.model.config import CtmConfig, is_int
 from ctm_rl.sb3.lstm import LstmPolicy, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.sb3.policy import CtmPolicy
 
-PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "algo", "policy_kwargs", "tuning")
+PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "normalize_reward", "algo", "policy_kwargs", "tuning")
 """Keys a preset block may set (``tuning``: the record of the study that chose it, written by ``tune``)."""
-TOP_LEVEL_KEYS = ("n_envs", "n_timesteps", "max_steps")
+TOP_LEVEL_KEYS = ("n_envs", "n_timesteps", "max_steps", "normalize_reward")
 """Preset keys that ``--hyperparams`` sets directly (not inside ``algo`` or ``policy_kwargs``)."""
 MATCH = "match"
 """``lstm_hidden_size: match``: size the LSTM to the parameter count of a CTM (see :func:`resolve_config`)."""
@@ -135,6 +135,10 @@ class TrainConfig(SavedConfig):
     """``dummy`` (one process) or ``subproc`` (one process per environment)."""
     max_steps: int | None = None
     """Episode step limit; ``None`` keeps the environment's own."""
+    normalize_reward: bool = False
+    """Train on rewards divided by a running estimate of the discounted return's standard deviation (SB3's
+    ``VecNormalize`` on rewards alone, rl-zoo's ``normalize``), so that the value loss keeps the same scale
+    whatever the env's rewards. Evaluations and logged returns stay in the env's own rewards."""
     mask_velocity: bool = False
     """Zero velocity entries of CartPole/Acrobot observations (implied by ``-NoVel`` names)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +207,9 @@ class TrainConfig(SavedConfig):
             if not is_int(value) or value < 0:
                 disable = " (0 disables it)" if name != "seed" else ""
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix: set it to 0 or more{disable}.")
+        if not isinstance(self.normalize_reward, bool):
+            raise ConfigError(f"normalize_reward must be true or false, got {self.normalize_reward!r}. "
+                              f"Fix: --hyperparams normalize_reward=true (or false).")
         if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
             raise ConfigError(f"max_steps must be an integer >= 1, got {self.max_steps!r}. Fix: a positive step "
                               f"limit, or leave --max-steps out for the env's own.")
@@ -512,6 +519,7 @@ def resolve_config(
         timesteps=timesteps if timesteps is not None else preset.get("n_timesteps", 0),
         n_envs=n_envs if n_envs is not None else preset.get("n_envs", 0),
         max_steps=max_steps if max_steps is not None else preset.get("max_steps"),
+        normalize_reward=preset.get("normalize_reward", False),
         mask_velocity=resolved.mask_velocity, env_module=env_module, env_kwargs=dict(env_kwargs or {}),
         algo=dict(preset.get("algo") or {}), policy_kwargs=policy_kwargs, **run,
     )

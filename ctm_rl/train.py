@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
+from ctm_rl.envs.normalization import normalize_rewards, unnormalized_twin
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.sb3.callbacks import TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
@@ -137,6 +138,8 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
     if config.eval_freq > 0:
         eval_env = make_env(env, n_envs=config.eval_envs, seed=config.seed + 10_000, max_steps=config.max_steps,
                             env_kwargs=config.env_kwargs, monitor_dir=str(run_dir / "eval" / "monitor"))
+        if config.normalize_reward:
+            eval_env = unnormalized_twin(eval_env)
         if config.log_dynamics:
             from ctm_rl.figures import DynamicsLogger
 
@@ -181,6 +184,8 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
     venv = make_env(env, n_envs=config.n_envs, seed=config.seed, vec_env=config.vec_env,
                     monitor_dir=str(run_dir / "monitor"), max_steps=config.max_steps, env_kwargs=config.env_kwargs,
                     append_monitor=resume)
+    if config.normalize_reward:
+        venv = normalize_rewards(venv, config.algo_setting("gamma"))
     if env.entry_point is not None and episode_step_limit(venv) is None:
         print(f"warning: {env.name} has no episode step limit, so a policy that never ends an episode (one that "
               f"stands still, say) makes an evaluation run forever. Fix: pass --max-steps N.", file=sys.stderr)

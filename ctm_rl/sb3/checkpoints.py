@@ -20,6 +20,7 @@ from typing import Any, Callable
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import VecEnv
 
+from ctm_rl.envs.normalization import restore_reward_statistics
 from ctm_rl.errors import CheckpointError
 from ctm_rl.sb3.ppo import CtmPPO
 
@@ -61,7 +62,8 @@ def saved_steps(path: Path) -> int:
 
 def load_weights(model: RecurrentPPO, path: Path, device: str = "auto") -> RecurrentPPO:
     """Put a save's parameters, optimizer state and step count into ``model``, a model built from the run's
-    configuration. Nothing in the file is unpickled.
+    configuration, and, where ``model`` trains on normalised rewards, the save's running reward statistics.
+    Nothing in the file is unpickled.
 
     :raises CheckpointError: if the file is damaged or was saved from another model.
     """
@@ -74,6 +76,7 @@ def load_weights(model: RecurrentPPO, path: Path, device: str = "auto") -> Recur
                               "the run folder that saved it, or use another checkpoint.") from None
     model.num_timesteps = int(data.get("num_timesteps", 0))
     model._n_updates = int(data.get("_n_updates", 0))
+    restore_reward_statistics(model.get_vec_normalize_env(), data.get("reward_statistics"))
     return model
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
+from ctm_rl.envs.normalization import reward_statistics
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
 from ctm_rl.sb3.diagnostics import GradientNorms
 from ctm_rl.sb3.policy import CtmPolicy
@@ -31,6 +32,12 @@ class CtmPPO(RecurrentPPO):
         if isinstance(self.policy, CtmPolicy):
             for key, value in self.policy.diagnostics().items():
                 self.logger.record(f"ctm/{key}", value)
+
+    def save(self, path, exclude=None, include=None) -> None:
+        """SB3's save, which also records the running reward statistics of a reward-normalising training env as
+        plain JSON numbers (``reward_statistics``), so that a run resumed from this save continues them."""
+        self.reward_statistics = reward_statistics(self.get_vec_normalize_env())
+        super().save(path, exclude, include)
 
     def _setup_model(self) -> None:
         super()._setup_model()
