@@ -212,6 +212,11 @@ CASES = [
     # Loading.
     Case("visualize a missing folder", ("ctm_rl.visualize", "nowhere")),
     Case("probe a missing folder", ("ctm_rl.probe", "nowhere")),
+    Case("evaluate a missing folder", ("ctm_rl.evaluate", "nowhere")),
+    Case("evaluate a folder that holds no run", ("ctm_rl.evaluate", ".")),
+    Case("evaluate: --episodes 0", ("ctm_rl.evaluate", RUN, "--episodes", "0"), setup=MAKE_RUN),
+    Case("evaluate a run whose saves are damaged", ("ctm_rl.evaluate", RUN),
+         setup=MAKE_RUN + f" && rm -rf {RUN}/checkpoints && echo broken > {RUN}/model.zip"),
     Case("visualize a zip without config, no --trust-pickle", ("ctm_rl.visualize", f"{RUN}/model.zip"),
          setup=MAKE_RUN + f" && rm {RUN}/config.yaml"),
 ]
