@@ -106,7 +106,8 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.policy.parameters() if p.requires_grad),
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
         "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
-        "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo, "tuning": tuning,
+        "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
+        "normalize_reward": config.normalize_reward, "tuning": tuning,
         "evaluations": evaluations,
     }
 

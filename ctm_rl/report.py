@@ -391,7 +391,9 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     lines += ["", "Settings per agent (preset with overrides, as trained):", "",
               "| agent | algorithm | policy |", "|---|---|---|"]
     for agent, results in runs.items():
-        algo = ", ".join(f"{k}={v}" for k, v in results[0]["algo"].items())
+        # Records written before rewards could be scaled have no "normalize_reward": they trained on the env's own.
+        scaled = ["normalize_reward=true"] if results[0].get("normalize_reward") else []
+        algo = ", ".join(scaled + [f"{k}={v}" for k, v in results[0]["algo"].items()])
         # Records written before presets named their policy kind hold the keyword arguments under "policy".
         kwargs = results[0].get("policy_kwargs", results[0]["policy"])
         policy = ", ".join(f"{k}={v}" for k, v in kwargs.items())

@@ -376,3 +376,15 @@ def test_every_run_is_evaluated_as_the_comparison_says(flags, deterministic, wor
     assert config.eval_deterministic is deterministic
     assert [c.eval_deterministic for c in compare.agent_configs(config).values()] == [deterministic] * 2
     assert words in report.summary_markdown(config, {}, [])
+
+
+def test_the_summary_says_which_agents_trained_on_scaled_rewards(tmp_path):
+    out = tmp_path / "cmp"
+    assert compare.main(["--env", "CartPole-NoVel", "--agents", "ctm:normalize_reward=true", "lstm", "--seeds", "1",
+                         "--timesteps", "256", "--eval-freq", "256", "--eval-episodes", "1", "--hyperparams",
+                         "n_epochs=1", "normalize_reward=false", "--out", str(out), "--workers", "1"]) == 0
+    assert json.loads((out / "runs" / "ctm_normalize_reward=true" / "seed0" / "result.json").read_text())[
+        "normalize_reward"] is True
+    settings = [line for line in (out / "summary.md").read_text().splitlines() if "learning_rate=" in line]
+    assert [line.split(" | ")[0] for line in settings] == ["| ctm:normalize_reward=true", "| lstm"]
+    assert [("normalize_reward=true" in line) for line in settings] == [True, False]
