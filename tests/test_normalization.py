@@ -6,7 +6,7 @@ import pytest
 
 import ctm_rl.train as train_module
 from ctm_rl import ConfigError
-from ctm_rl.config import resolve_config
+from ctm_rl.config import parse_value, resolve_config
 
 TINY = {"n_steps": 16, "batch_size": 32, "n_epochs": 1, "d_model": 16, "d_input": 8, "n_synch_out": 4,
         "memory_length": 3}
@@ -53,4 +53,5 @@ def test_normalize_reward_takes_true_or_false_only():
     with pytest.raises(ConfigError, match="normalize_reward must be true or false"):
         resolve_config("CartPole-NoVel", "ctm", {"normalize_reward": "sometimes"})
     assert resolve_config("CartPole-NoVel", "ctm", {"normalize_reward": True})[0].normalize_reward is True
-    assert resolve_config("CartPole-NoVel", "ctm")[0].normalize_reward is False
+    assert resolve_config("Acrobot-v1", "ctm")[0].normalize_reward is False  # a preset block without the key
+    assert resolve_config("Acrobot-v1", "ctm", {"normalize_reward": parse_value("yes")})[0].normalize_reward is True
