@@ -343,8 +343,9 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
 
     out = tmp_path / "cmp"
     command, env = _long_comparison(out, seeds=2)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    log = tmp_path / "comparison.log"  # the comparison's and its workers' output, shown if a save is missing
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     workers = []
     try:
         deadline = time.monotonic() + 120
@@ -366,7 +367,8 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
         except ProcessLookupError:
             pass
     # Each run saved what it had learned when it stopped.
-    assert all((out / "runs" / "ctm" / f"seed{seed}" / "model.zip").exists() for seed in (0, 1))
+    assert all((out / "runs" / "ctm" / f"seed{seed}" / "model.zip").exists() for seed in (0, 1)), \
+        log.read_text()[-3000:]
 
 
 @pytest.mark.parametrize("flags, deterministic, words", [((), True, "deterministic actions"),
