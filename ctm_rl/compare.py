@@ -33,8 +33,8 @@ import yaml
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig, run_dir_of,
-                         safe_name)
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig, read_comparison_config,
+                         run_dir_of, safe_name)
 
 @dataclass(frozen=True)
 class RunJob:
@@ -144,7 +144,7 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
     path = out / CONFIG_FILE
     if not path.exists():
         return config
-    existing = CompareConfig.from_dict(yaml.safe_load(path.read_text()))
+    existing = read_comparison_config(out)
     for name in CompareConfig.RUN_FIELDS:
         old, new = getattr(existing, name), getattr(config, name)
         if old != new:

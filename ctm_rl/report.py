@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ctm_rl import stats
-from ctm_rl.runs import COMMAND_FILE, CONFIG_FILE, RESULT_FILE, RUNS_DIR, AgentSpec, CompareConfig
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, CompareConfig, finished_runs,
+                         read_comparison_config)
 from ctm_rl.errors import ConfigError
 
 BOOTSTRAP_REPS = 2000
@@ -66,15 +66,13 @@ def load_comparison(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, 
     if not (out / CONFIG_FILE).exists():
         raise ConfigError(f"{out} is not a comparison folder (no {CONFIG_FILE}). Fix: pass the --out folder of a "
                           f"python -m ctm_rl.compare run.")
-    config = CompareConfig.from_dict(yaml.safe_load((out / CONFIG_FILE).read_text()))
+    config = read_comparison_config(out)
     runs: dict[str, list[dict[str, Any]]] = {}
-    for agent in config.agents:
-        spec = AgentSpec.parse(agent)
-        paths = [out / RUNS_DIR / spec.dirname / f"seed{seed}" / RESULT_FILE for seed in config.seeds]
-        runs[agent] = [json.loads(path.read_text()) for path in paths if path.exists()]
-    if not any(runs.values()):
+    for agent, _, run_dir in finished_runs(out, config):
+        runs.setdefault(agent, []).append(json.loads((run_dir / RESULT_FILE).read_text()))
+    if not runs:
         raise ConfigError(f"{out} holds no finished run yet. Fix: run the comparison (without --report) first.")
-    return config, {agent: results for agent, results in runs.items() if results}
+    return config, runs
 
 
 def threshold_of(config: CompareConfig) -> float | None:

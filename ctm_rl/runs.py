@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError
 
@@ -106,3 +108,16 @@ def safe_name(text: str) -> str:
 def run_dir_of(out: Path, spec: AgentSpec, seed: int) -> Path:
     """The folder of one run of a comparison."""
     return out / RUNS_DIR / spec.dirname / f"seed{seed}"
+
+
+def read_comparison_config(out: Path) -> CompareConfig:
+    """A comparison folder's saved configuration (its ``comparison.yaml``)."""
+    return CompareConfig.from_dict(yaml.safe_load((out / CONFIG_FILE).read_text()))
+
+
+def finished_runs(out: Path, config: CompareConfig) -> list[tuple[str, int, Path]]:
+    """``(agent, seed, run folder)`` of every run of the comparison that has its result, agent by agent in the
+    config's order, seed by seed."""
+    runs = [(agent, seed, run_dir_of(out, AgentSpec.parse(agent), seed)) for agent in config.agents
+            for seed in config.seeds]
+    return [run for run in runs if (run[2] / RESULT_FILE).exists()]
