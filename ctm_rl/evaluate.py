@@ -26,7 +26,7 @@ import numpy as np
 from ctm_rl import stats
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.runs import CONFIG_FILE as COMPARISON_FILE
-from ctm_rl.runs import RESULT_FILE, AgentSpec, CompareConfig, run_dir_of
+from ctm_rl.runs import finished_runs, read_comparison_config
 
 ACTIONS = {"most-likely": True, "sampled": False}
 """The kinds of actions an evaluation can take, and whether each is SB3's ``deterministic``."""
@@ -76,15 +76,10 @@ def runs_in(source: Path) -> list[RunToEvaluate]:
 
     :raises ConfigError: if ``source`` is neither, or a comparison folder has no finished run.
     """
-    import yaml
-
     from ctm_rl.train import read_run_config
 
     if (source / COMPARISON_FILE).exists():
-        config = CompareConfig.from_dict(yaml.safe_load((source / COMPARISON_FILE).read_text()))
-        runs = [RunToEvaluate(agent, seed, run_dir_of(source, AgentSpec.parse(agent), seed))
-                for agent in config.agents for seed in config.seeds]
-        finished = [run for run in runs if (run.path / RESULT_FILE).exists()]
+        finished = [RunToEvaluate(*run) for run in finished_runs(source, read_comparison_config(source))]
         if not finished:
             raise ConfigError(f"{source} holds no finished run yet. Fix: let python -m ctm_rl.compare finish a run "
                               f"first.")
@@ -96,13 +91,13 @@ def runs_in(source: Path) -> list[RunToEvaluate]:
     return [RunToEvaluate(config.agent, config.seed, source)]
 
 
-def evaluate_run(run: RunToEvaluate, actions: str, episodes: int, seed: int = EVALUATION_SEED,
-                 n_envs: int = 8) -> Evaluation:
-    """Evaluate a run's newest save on ``episodes`` episodes with one kind of actions.
+def evaluate_run(run: RunToEvaluate, kinds: list[str], episodes: int, seed: int = EVALUATION_SEED,
+                 n_envs: int = 8) -> list[Evaluation]:
+    """Evaluate a run's newest save on ``episodes`` episodes with each kind of actions in turn, loaded once.
 
-    :param actions: a key of :data:`ACTIONS`.
-    :param seed: seeds the environments and the action sampling, so that every run and kind of actions meets the
-        same episodes and a sampled evaluation can be repeated.
+    :param kinds: keys of :data:`ACTIONS`.
+    :param seed: seeds the environments and the action sampling before each kind, so that every run and kind of
+        actions meets the same episodes and a sampled evaluation can be repeated.
     :param n_envs: environments stepped together (at most ``episodes``).
     """
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -113,15 +108,19 @@ def evaluate_run(run: RunToEvaluate, actions: str, episodes: int, seed: int = EV
 
     config = read_run_config(run.path)
     venv = run_env(config, n_envs=min(n_envs, episodes), seed=seed)
+    evaluations = []
     try:
         model = load_run_model(run.path, venv, config)
-        set_random_seed(seed)
-        returns, lengths = evaluate_policy(model, venv, n_eval_episodes=episodes, deterministic=ACTIONS[actions],
-                                           return_episode_rewards=True)
         limit = episode_step_limit(venv)
+        for kind in kinds:
+            venv.seed(seed)  # the same episodes for every kind
+            set_random_seed(seed)
+            returns, lengths = evaluate_policy(model, venv, n_eval_episodes=episodes, deterministic=ACTIONS[kind],
+                                               return_episode_rewards=True)
+            evaluations.append(Evaluation(run, kind, np.asarray(returns, dtype=float), np.asarray(lengths), limit))
     finally:
         venv.close()
-    return Evaluation(run, actions, np.asarray(returns, dtype=float), np.asarray(lengths), limit)
+    return evaluations
 
 
 def agent_estimates(evaluations: list[Evaluation]) -> dict[tuple[str, str], stats.Estimate]:
@@ -186,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.episodes < 1 or args.n_envs < 1:
             raise ConfigError("--episodes and --n-envs must be at least 1. Fix: pass a positive number.")
         runs = [run for source in args.sources for run in runs_in(Path(source))]
-        evaluations = [evaluate_run(run, kind, args.episodes, args.seed, args.n_envs)
-                       for run in runs for kind in args.actions]
+        evaluations = [evaluation for run in runs
+                       for evaluation in evaluate_run(run, args.actions, args.episodes, args.seed, args.n_envs)]
     except CtmRlError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

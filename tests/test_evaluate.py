@@ -57,8 +57,8 @@ def test_most_likely_actions_loop_where_sampled_ones_answer(comparison, tmp_path
 
 def test_sampled_evaluations_repeat_with_the_same_seed_and_differ_with_another(comparison):
     run = evaluate.runs_in(comparison)[0]
-    first, again = (evaluate.evaluate_run(run, "sampled", 16, seed=3) for _ in range(2))
-    other = evaluate.evaluate_run(run, "sampled", 16, seed=4)
+    (first,), (again,) = (evaluate.evaluate_run(run, ["sampled"], 16, seed=3) for _ in range(2))
+    (other,) = evaluate.evaluate_run(run, ["sampled"], 16, seed=4)
     assert first.returns.tolist() == again.returns.tolist() and first.lengths.tolist() == again.lengths.tolist()
     assert (first.returns.tolist(), first.lengths.tolist()) != (other.returns.tolist(), other.lengths.tolist())
 
@@ -66,7 +66,8 @@ def test_sampled_evaluations_repeat_with_the_same_seed_and_differ_with_another(c
 def test_a_run_folder_is_evaluated_on_its_own(comparison):
     runs = evaluate.runs_in(comparison / "runs" / "ctm" / "seed1")
     assert [(r.agent, r.seed) for r in runs] == [("ctm", 1)]
-    assert evaluate.evaluate_run(runs[0], "most-likely", 4).time_limit_fraction == 1
+    (evaluation,) = evaluate.evaluate_run(runs[0], ["most-likely"], 4)
+    assert evaluation.time_limit_fraction == 1
 
 
 @pytest.mark.parametrize("make, message", [
