@@ -117,6 +117,22 @@ def test_start_traces_and_decay_receive_gradients():
     assert ctm.synchronisation.decay.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("neuron_select, pairs", [("random-pairing", 20), ("random", 210)])
+def test_random_pairs_draw_their_neurons_with_replacement_as_the_reference_does(neuron_select, pairs):
+    torch.manual_seed(0)
+    ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=6, memory_length=3, n_synch_out=20, neuron_select=neuron_select))
+    left, right = ctm.synchronisation.left, ctm.synchronisation.right
+    assert len(left) == len(right) == ctm.output_size == pairs
+    assert 0 <= int(left.min()) and int(left.max()) < 6 and int(right.max()) < 6
+    sync, _ = ctm(torch.randn(2, 3, 4), ctm.start_traces(3), torch.ones(2, 3))
+    assert sync.shape == (2, 3, pairs) and torch.isfinite(sync).all()
+    # Drawn with replacement, 16 of 32 neurons repeat one at least with probability above 0.99.
+    torch.manual_seed(0)
+    small = ContinuousThoughtMachine(4, CtmConfig(d_model=32, memory_length=3, n_synch_out=16,
+                                                  neuron_select="random-pairing")).synchronisation.left
+    assert len(set(small.tolist())) < 16
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(d_model=8, n_synch_out=9), "n_synch_out (9) cannot exceed d_model (8)"),
     (dict(memory_length=0), "memory_length must be an integer >= 1"),

@@ -65,15 +65,15 @@ class CtmConfig:
                               f"{self.nlm_history!r}. Fix: pass nlm_history=1 or more, or nlm_history=null.")
         if not is_int(self.nlm_hidden) or self.nlm_hidden < 0:
             raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {self.nlm_hidden!r}.")
-        if self.n_synch_out > self.d_model:
-            raise ConfigError(
-                f"n_synch_out ({self.n_synch_out}) cannot exceed d_model ({self.d_model}): the synchronised neurons "
-                f"are drawn from the model's neurons. Fix: lower n_synch_out to at most {self.d_model} or raise "
-                f"d_model."
-            )
         if self.neuron_select not in NEURON_SELECTIONS:
             raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, "
                               f"got {self.neuron_select!r}.")
+        if self.neuron_select == "first-last" and self.n_synch_out > self.d_model:
+            raise ConfigError(
+                f"n_synch_out ({self.n_synch_out}) cannot exceed d_model ({self.d_model}) with first-last "
+                f"selection, which synchronises the last n_synch_out neurons. Fix: lower n_synch_out to at most "
+                f"{self.d_model}, raise d_model, or draw the pairs at random (neuron_select=random-pairing)."
+            )
         decay_range(self.initial_decay)
 
     @property

@@ -29,13 +29,15 @@ def select_pairs(d_model: int, n_synch: int, neuron_select: str) -> tuple[torch.
     - ``random``: all pairs ``a <= b`` between ``n_synch`` random left and ``n_synch`` random right neurons;
     - ``random-pairing``: ``n_synch`` pairs, random left neuron ``k`` with random right neuron ``k``.
 
-    Random draws use torch's global generator; the indices are buffers, so checkpoints restore them.
+    Random neurons are drawn with replacement, as the reference draws them, so a neuron can appear in several
+    pairs and ``n_synch`` may exceed ``d_model``. The draws use torch's global generator; the indices are
+    buffers, so checkpoints restore them.
     """
     if neuron_select == "first-last":
         left = right = torch.arange(d_model - n_synch, d_model)
     else:
-        left = torch.randperm(d_model)[:n_synch]
-        right = torch.randperm(d_model)[:n_synch]
+        left = torch.randint(d_model, (n_synch,))
+        right = torch.randint(d_model, (n_synch,))
     if neuron_select == "random-pairing":
         return left, right
     rows, cols = torch.triu_indices(n_synch, n_synch)
