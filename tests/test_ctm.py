@@ -133,6 +133,22 @@ def test_random_pairs_draw_their_neurons_with_replacement_as_the_reference_does(
     assert len(set(small.tolist())) < 16
 
 
+def test_a_saved_random_selection_loads_into_a_model_whose_own_draw_differs():
+    config = CtmConfig(d_model=32, memory_length=3, n_synch_out=16, neuron_select="random-pairing")
+    drawn = {}
+    for seed in range(20):  # two draws that synchronise different numbers of distinct neurons
+        torch.manual_seed(seed)
+        ctm = ContinuousThoughtMachine(4, config)
+        drawn.setdefault(len(ctm.synchronisation.neurons), ctm)
+    saved, fresh = list(drawn.values())[:2]
+    fresh.load_state_dict(saved.state_dict())
+    assert torch.equal(fresh.synchronisation.left, saved.synchronisation.left)
+    assert torch.equal(fresh.synchronisation.right, saved.synchronisation.right)
+    inputs, starts = torch.randn(2, 3, 4), torch.ones(2, 3)
+    torch.testing.assert_close(fresh(inputs, fresh.start_traces(3), starts)[0],
+                               saved(inputs, saved.start_traces(3), starts)[0])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(d_model=8, n_synch_out=9), "n_synch_out (9) cannot exceed d_model (8)"),
     (dict(memory_length=0), "memory_length must be an integer >= 1"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -76,6 +76,14 @@ class Synchronisation(nn.Module):
         low, high = decay_range(initial_decay)
         self.decay = nn.Parameter(torch.linspace(low, high, len(left)))
         self.max_decay = max_decay
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Random selections are drawn anew at construction, so a saved draw may synchronise another number of
+        # distinct neurons than the fresh one: take the saved draw's size before its values are copied in.
+        saved = state_dict.get(prefix + "neurons")
+        if saved is not None and saved.shape != self.neurons.shape:
+            self.neurons = torch.empty_like(saved, device=self.neurons.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def size(self) -> int:
