@@ -90,7 +90,8 @@ class PolicyKind:
 
 POLICY_KINDS: dict[str, PolicyKind] = {
     "ctm": PolicyKind("ctm", _arguments(CtmPolicy.__init__), _ctm_policy),
-    "lstm": PolicyKind("lstm", _arguments(RecurrentActorCriticPolicy.__init__) | {"d_input"}, _lstm_policy),
+    "lstm": PolicyKind("lstm", _arguments(RecurrentActorCriticPolicy.__init__) | {"d_input", "detach_critic"},
+                       _lstm_policy),
 }
 """The policy kinds, by the name a preset's ``policy`` key gives."""
 

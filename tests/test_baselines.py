@@ -1,10 +1,11 @@
-"""Parameter matching of the LSTM baseline."""
+"""The LSTM baseline: parameter matching, and which losses train its shared LSTM."""
 
 import pytest
+import torch
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 
-from ctm_rl import CtmPolicy
-from ctm_rl.sb3.lstm import count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl import ConfigError, CtmPolicy
+from ctm_rl.sb3.lstm import LstmPolicy, count_parameters, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.envs import make_single_env, resolve_env
 
 CARTPOLE = dict(d_model=128, d_input=128, memory_length=10, nlm_hidden=4, n_synch_out=16)
@@ -38,3 +39,36 @@ def test_reference_pairs_match_within_five_percent(env_name, ctm_kwargs, referen
 def test_other_configurations_match_within_five_percent(env_name, ctm_kwargs, lstm_overrides):
     _, ratio = _ratio(env_name, ctm_kwargs, **lstm_overrides)
     assert abs(ratio - 1) < 0.05
+
+
+def _lstm_policy(**overrides):
+    env = make_single_env(resolve_env("CartPole-NoVel"))
+    return LstmPolicy(env.observation_space, env.action_space, lambda _: 1e-3,
+                      **lstm_policy_kwargs(16, 8, **overrides)), env
+
+
+@pytest.mark.parametrize("detach_critic", [True, False])
+def test_the_value_loss_trains_the_shared_lstm_only_when_the_critic_is_not_detached(detach_critic):
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    torch.manual_seed(0)
+    reference, env = _lstm_policy()
+    policy, _ = _lstm_policy(detach_critic=detach_critic)
+    policy.load_state_dict(reference.state_dict())
+    obs = torch.randn(6, env.observation_space.shape[0])  # two sequences of three steps
+    actions = torch.tensor([0, 1, 1, 0, 1, 0])
+    state = (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
+    starts = torch.tensor([1.0, 0, 0, 1, 0, 0])
+    values, log_prob, entropy = policy.evaluate_actions(obs, actions, RNNStates(state, state), starts)
+    expected = reference.evaluate_actions(obs, actions, RNNStates(state, state), starts)
+    for got, want in zip((values, log_prob, entropy), expected):  # the same numbers either way
+        torch.testing.assert_close(got, want)
+    values.sum().backward()
+    reached = policy.lstm_actor.weight_hh_l0.grad
+    assert (reached is not None and float(reached.abs().sum()) > 0) is (not detach_critic)
+    assert policy._get_constructor_parameters()["detach_critic"] is detach_critic
+
+
+def test_an_undetached_critic_needs_a_shared_lstm():
+    with pytest.raises(ConfigError, match="detach_critic=False applies to a shared LSTM"):
+        _lstm_policy(shared_lstm=False, enable_critic_lstm=True, detach_critic=False)

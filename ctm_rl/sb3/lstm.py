@@ -11,22 +11,49 @@ from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from ctm_rl.errors import ConfigError
 from ctm_rl.sb3.encoders import ObservationEncoder
 from ctm_rl.sb3.policy import CtmPolicy
 
 class LstmPolicy(RecurrentActorCriticPolicy):
-    """sb3-contrib's recurrent policy, unchanged except that MultiBinary actions reach the action distribution as
+    """sb3-contrib's recurrent policy, with two changes: MultiBinary actions reach the action distribution as
     floats (the rollout buffer keeps them in the space's integer type, which the Bernoulli log-probability
-    refuses)."""
+    refuses), and a shared LSTM can be trained by the critic's loss as well as the actor's.
+
+    :param detach_critic: with ``shared_lstm=True``, whether the critic reads the LSTM's output detached, so that
+        only the actor's loss trains the LSTM (True, sb3-contrib's behaviour), or undetached, so that the value
+        loss trains it too (False, as the shared CTM is trained by default).
+    :param args: ``RecurrentActorCriticPolicy`` arguments.
+    :param kwargs: ``RecurrentActorCriticPolicy`` keyword arguments.
+    """
+
+    def __init__(self, *args: Any, detach_critic: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not detach_critic and not self.shared_lstm:
+            raise ConfigError("detach_critic=False applies to a shared LSTM (shared_lstm=True); a separate critic "
+                              "LSTM or critic network is trained by the value loss already.")
+        self.detach_critic = detach_critic
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "detach_critic": self.detach_critic}
 
     def evaluate_actions(self, obs, actions, lstm_states, episode_starts):
         if isinstance(self.action_space, spaces.MultiBinary):
             actions = actions.float()
-        return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        if self.detach_critic or not self.shared_lstm:
+            return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        # One pass through the shared LSTM, read by both heads without a detach: both losses train it.
+        features = self.extract_features(obs)
+        features = features if self.share_features_extractor else features[0]
+        latent, _ = self._process_sequence(features, lstm_states.pi, episode_starts, self.lstm_actor)
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent))
+        values = self.value_net(self.mlp_extractor.forward_critic(latent))
+        return values, distribution.log_prob(actions), distribution.entropy()
 
 
-# One LSTM shared by actor and critic, as in the CTM reference. Note that sb3-contrib trains a shared LSTM
-# with the actor's gradient only; pass enable_critic_lstm=True (and shared_lstm=False) for a separate one.
+# One LSTM shared by actor and critic, as in the CTM reference. sb3-contrib trains a shared LSTM with the actor's
+# gradient only; detach_critic=False trains it with the critic's as well, and enable_critic_lstm=True (with
+# shared_lstm=False) gives the critic a separate one.
 LSTM_DEFAULTS: dict[str, Any] = {"shared_lstm": True, "enable_critic_lstm": False}
 
 
