@@ -49,7 +49,10 @@ ALGO_DEFAULTS = {name: parameter.default for name, parameter in inspect.signatur
 
 
 def _arguments(function: Callable) -> frozenset[str]:
-    return frozenset(inspect.signature(function).parameters) - _MANAGED_POLICY_ARGS
+    """The named keyword arguments of ``function`` a preset may set (``*args`` and ``**kwargs`` are not names)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return frozenset(name for name, parameter in inspect.signature(function).parameters.items()
+                     if parameter.kind not in variadic) - _MANAGED_POLICY_ARGS
 
 
 def _policy_arguments(policy_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,8 +93,9 @@ class PolicyKind:
 
 POLICY_KINDS: dict[str, PolicyKind] = {
     "ctm": PolicyKind("ctm", _arguments(CtmPolicy.__init__), _ctm_policy),
-    "lstm": PolicyKind("lstm", _arguments(RecurrentActorCriticPolicy.__init__) | {"d_input", "detach_critic"},
-                       _lstm_policy),
+    # LstmPolicy passes its parent's arguments through and adds its own; d_input sizes the shared encoder.
+    "lstm": PolicyKind("lstm", _arguments(RecurrentActorCriticPolicy.__init__) | _arguments(LstmPolicy.__init__)
+                       | {"d_input"}, _lstm_policy),
 }
 """The policy kinds, by the name a preset's ``policy`` key gives."""
 
