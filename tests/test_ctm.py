@@ -161,6 +161,10 @@ def test_a_saved_random_selection_loads_into_a_model_whose_own_draw_differs():
     (dict(nlm_history=0), "nlm_history must be an integer >= 1"),
     (dict(nlm_history=2.5), "nlm_history must be an integer >= 1"),
     (dict(nlm_history=True), "nlm_history must be an integer >= 1"),
+    (dict(nlm_temperature=0.0), "nlm_temperature must be a number > 0"),
+    (dict(nlm_temperature=-1.0), "nlm_temperature must be a number > 0"),
+    (dict(nlm_temperature="1"), "nlm_temperature must be a number > 0"),
+    (dict(nlm_temperature=True), "nlm_temperature must be a number > 0"),
 ])
 def test_bad_hyperparameters_raise_clear_errors_when_the_config_is_made(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -172,3 +176,31 @@ def test_the_neuron_level_models_read_at_most_the_whole_window(memory_length, nl
     ctm = ContinuousThoughtMachine(4, CtmConfig(d_model=8, memory_length=memory_length, nlm_history=nlm_history,
                                                 n_synch_out=4))
     assert ctm.nlms.layers[0].weight.shape[1] == inputs
+
+
+@pytest.mark.parametrize("nlm_hidden", [0, 3])
+def test_a_learned_nlm_temperature_divides_each_layers_output_as_the_references_does(nlm_hidden):
+    """The reference's neuron-level layers compute ``(x W + b) / T`` with one learned ``T`` per layer: the same as
+    the layers without temperature whose weights and biases are divided by ``T``."""
+    config = dict(d_model=8, memory_length=5, nlm_hidden=nlm_hidden, n_synch_out=4)
+    torch.manual_seed(0)
+    tempered = ContinuousThoughtMachine(4, CtmConfig(**config, nlm_temperature=1.0))
+    plain = ContinuousThoughtMachine(4, CtmConfig(**config))
+    temperatures = [layer.temperature for layer in tempered.nlms.layers if hasattr(layer, "temperature")]
+    assert len(temperatures) == (2 if nlm_hidden else 1)
+    assert all(t.requires_grad and t.shape == (1,) for t in temperatures)
+    assert sum(p.numel() for p in tempered.parameters()) == sum(p.numel() for p in plain.parameters()) + len(temperatures)
+
+    with torch.no_grad():
+        for t, value in zip(temperatures, (0.5, 4.0)):
+            t.fill_(value)
+        tempered_linears = [layer for layer in tempered.nlms.layers if hasattr(layer, "weight")]
+        plain_linears = [layer for layer in plain.nlms.layers if hasattr(layer, "weight")]
+        for source, target, t in zip(tempered_linears, plain_linears, temperatures):
+            target.weight.copy_(source.weight / t)
+            target.bias.copy_(source.bias / t)
+    pre_trace = torch.randn(8, 5, 3)  # (D, M, B)
+    torch.testing.assert_close(tempered.nlms(pre_trace), plain.nlms(pre_trace))
+
+    tempered.nlms(pre_trace).pow(2).sum().backward()
+    assert all(t.grad is not None and t.grad.abs().item() > 0 for t in temperatures)

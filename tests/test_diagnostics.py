@@ -54,6 +54,15 @@ def test_ctm_update_logs_each_parts_gradient_norm_and_the_synchronisation():
     assert logged["ctm/decay_mean"] == pytest.approx(float(rates.mean()))
     assert logged["ctm/decay_min"] <= logged["ctm/decay_mean"] <= logged["ctm/decay_max"]
     assert 0 < logged["ctm/sync_abs_mean"] <= logged["ctm/sync_rms"]
+    assert not any(key.startswith("ctm/nlm_temperature") for key in logged)
+
+
+def test_learned_nlm_temperatures_are_logged_and_trained():
+    model, logged = _trained(CtmPolicy, dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3, nlm_hidden=2,
+                                             nlm_temperature=2.0), learning_rate=1e-2)
+    temperatures = model.policy.ctm.nlms.temperatures()
+    assert [logged["ctm/nlm_temperature_0"], logged["ctm/nlm_temperature_1"]] == pytest.approx(temperatures)
+    assert len(temperatures) == 2 and all(t != 2.0 for t in temperatures)  # the optimizer moved them
 
 
 def test_the_synchronisation_scale_is_that_of_the_last_rollout():

@@ -70,6 +70,34 @@ def test_forward_and_gradients_equal_the_plain_definition(synapse_depth, nlm_hid
     _assert_same_gradients(ctm, fast_grads, plain_grads)
 
 
+@pytest.mark.parametrize("nlm_hidden", [0, 4])
+def test_learned_nlm_temperatures_equal_the_plain_definition(nlm_hidden):
+    """The temperatures sit between the tape's first product and the rest of each neuron's model: the replay, its
+    gradients (the temperatures' included) and the rollout step still equal the plain definition."""
+    torch.manual_seed(2)
+    ctm = ContinuousThoughtMachine(6, CtmConfig(d_model=16, ticks=2, memory_length=5, nlm_hidden=nlm_hidden,
+                                   n_synch_out=4, nlm_temperature=1.0))
+    with torch.no_grad():
+        for value, layer in zip((0.7, 1.5), [m for m in ctm.nlms.layers if hasattr(m, "temperature")]):
+            layer.temperature.fill_(value)
+    features, traces, starts = _inputs(ctm)
+    fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
+    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
+    plain, plain_traces = reference_forward(ctm, features, traces, starts)
+    plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
+        torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
+    _assert_same_gradients(ctm, fast_grads, plain_grads)
+
+    step_traces, outputs = _ctm_layout(traces), []
+    with torch.no_grad():
+        for t in range(len(features)):
+            output, step_traces = ctm.step(ctm.project(features[t]), step_traces, starts[t])
+            outputs.append(output)
+    torch.testing.assert_close(torch.stack(outputs), fast.detach(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("nlm_history, ticks, nlm_hidden", [(1, 1, 4), (3, 3, 0), (6, 2, 4)])
 def test_neuron_level_models_reading_the_newest_columns_equal_the_plain_definition(nlm_history, ticks, nlm_hidden):
     """A window of 6 whose neuron-level models read only its newest ``nlm_history`` columns: the rollout step, the

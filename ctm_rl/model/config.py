@@ -43,6 +43,10 @@ class CtmConfig:
     nlm_hidden: int = 4
     """Hidden width of the deep neuron-level models (``M -> 2H -GLU-> H -> 2 -GLU-> 1``); 0 for shallow ones
     (``M -> 2 -GLU-> 1``)."""
+    nlm_temperature: float | None = None
+    """Starting value of a learned temperature that divides each neuron-level layer's output (one scalar per
+    layer, shared by the neurons); the reference has one, starting at 1. ``None`` leaves it out (a deviation, see
+    the README)."""
     synapse_depth: int = 1
     """1: two ``Linear -> GLU -> LayerNorm`` blocks; more: a U-Net of that many widths."""
     n_synch_out: int = 16
@@ -65,6 +69,11 @@ class CtmConfig:
                               f"{self.nlm_history!r}. Fix: pass nlm_history=1 or more, or nlm_history=null.")
         if not is_int(self.nlm_hidden) or self.nlm_hidden < 0:
             raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {self.nlm_hidden!r}.")
+        if self.nlm_temperature is not None and not (
+                isinstance(self.nlm_temperature, (int, float)) and not isinstance(self.nlm_temperature, bool)
+                and self.nlm_temperature > 0):
+            raise ConfigError(f"nlm_temperature must be a number > 0, or null for none, got {self.nlm_temperature!r}. "
+                              f"Fix: pass nlm_temperature=1.0 (the reference's) or nlm_temperature=null.")
         if self.neuron_select not in NEURON_SELECTIONS:
             raise ConfigError(f"neuron_select must be one of {', '.join(NEURON_SELECTIONS)}, "
                               f"got {self.neuron_select!r}.")

@@ -76,7 +76,8 @@ class ContinuousThoughtMachine(nn.Module):
         self.ticks = config.ticks
         self.memory_length = config.memory_length
         self.synapses = Synapses(d_input, config.d_model, config.synapse_depth)
-        self.nlms = NeuronLevelModels(config.d_model, config.nlm_inputs, config.nlm_hidden)
+        self.nlms = NeuronLevelModels(config.d_model, config.nlm_inputs, config.nlm_hidden,
+                                      config.nlm_temperature)
         self.synchronisation = Synchronisation(config.d_model, config.n_synch_out, config.neuron_select,
                                                config.memory_length, initial_decay=config.initial_decay)
         bound = math.sqrt(1.0 / (config.d_model + config.memory_length))

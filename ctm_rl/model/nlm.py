@@ -41,6 +41,20 @@ class PrivateLinear(nn.Module):
         return private_linear(x, self.weight, self.bias)
 
 
+class Temperature(nn.Module):
+    """Divides its input by one learned scalar, the reference's ``T`` after each neuron-level layer.
+
+    :param initial: the temperature's starting value (the reference's is 1: the layer's output unchanged).
+    """
+
+    def __init__(self, initial: float) -> None:
+        super().__init__()
+        self.temperature = nn.Parameter(torch.tensor([float(initial)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.temperature
+
+
 class PreActivationHistory(Protocol):
     """A neuron's pre-activation history as the neuron-level models read it (see :mod:`ctm_rl.model.tape`)."""
 
@@ -53,26 +67,30 @@ class NeuronLevelModels(nn.Module):
     """Maps each neuron's pre-activation history to its next post-activation.
 
     Deep NLMs (``hidden > 0``) are ``M -> 2H -GLU-> H -> 2 -GLU-> 1``; shallow ones are ``M -> 2 -GLU-> 1``.
-    Every neuron has its own weights.
+    Every neuron has its own weights. With a ``temperature``, each linear layer's output is divided by a learned
+    scalar shared by all neurons, as in the reference.
 
     :param n_neurons: number of neurons (``d_model``).
     :param memory_length: length of the pre-activation history each neuron reads (the newest columns of a
         longer trace).
     :param hidden: hidden width of deep NLMs; 0 for shallow NLMs.
+    :param temperature: starting value of every linear layer's learned output temperature; ``None`` for none.
     """
 
-    def __init__(self, n_neurons: int, memory_length: int, hidden: int) -> None:
+    def __init__(self, n_neurons: int, memory_length: int, hidden: int, temperature: float | None = None) -> None:
         super().__init__()
-        if hidden > 0:
-            layers: list[nn.Module] = [
-                PrivateLinear(n_neurons, memory_length, 2 * hidden),
-                nn.GLU(dim=1),
-                PrivateLinear(n_neurons, hidden, 2),
-                nn.GLU(dim=1),
-            ]
-        else:
-            layers = [PrivateLinear(n_neurons, memory_length, 2), nn.GLU(dim=1)]
+        widths = [(memory_length, 2 * hidden), (hidden, 2)] if hidden > 0 else [(memory_length, 2)]
+        layers: list[nn.Module] = []
+        for in_features, out_features in widths:
+            layers.append(PrivateLinear(n_neurons, in_features, out_features))
+            if temperature is not None:
+                layers.append(Temperature(temperature))
+            layers.append(nn.GLU(dim=1))
         self.layers = nn.Sequential(*layers)
+
+    def temperatures(self) -> list[float]:
+        """The learned temperatures' current values, first layer first; empty without them."""
+        return [float(layer.temperature) for layer in self.layers if isinstance(layer, Temperature)]
 
     @property
     def history(self) -> int:

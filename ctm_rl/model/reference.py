@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctm_rl.model.ctm import ContinuousThoughtMachine
+from ctm_rl.model.nlm import Temperature
 
 
 def reference_synapses(ctm: ContinuousThoughtMachine, features: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,8 @@ def reference_nlms(ctm: ContinuousThoughtMachine, pre_trace: torch.Tensor) -> to
         for layer in ctm.nlms.layers:
             if isinstance(layer, nn.GLU):
                 x = F.glu(x, dim=-1)
+            elif isinstance(layer, Temperature):
+                x = x / layer.temperature
             else:
                 x = x @ layer.weight[neuron] + layer.bias[neuron]
         outputs.append(x.squeeze(-1))

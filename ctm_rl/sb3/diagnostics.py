@@ -5,6 +5,8 @@
 - ``ctm/sync_abs_mean``, ``ctm/sync_rms``: the scale of the CTM's output synchronisation over the last rollout
   (what the actor and critic heads read).
 - ``ctm/decay_mean``, ``ctm/decay_min``, ``ctm/decay_max``: the synchronisation's decay rates in use.
+- ``ctm/nlm_temperature_<i>``: the neuron-level models' learned temperatures (``nlm_temperature`` set), layer by
+  layer.
 
 SB3's own ``train/`` keys already cover the policy entropy, explained variance, value loss, approximate KL
 and clip fraction.

@@ -72,7 +72,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param action_space: action space (Discrete, MultiDiscrete, MultiBinary or Box).
     :param lr_schedule: learning-rate schedule.
     :param d_model: the CTM's hyperparameters (with ``ticks``, ``memory_length``, ``nlm_history``, ``nlm_hidden``,
-        ``synapse_depth``, ``n_synch_out``, ``neuron_select`` and ``initial_decay``), documented and validated by
+        ``nlm_temperature``, ``synapse_depth``, ``n_synch_out``, ``neuron_select`` and ``initial_decay``), documented and validated by
         :class:`~ctm_rl.model.config.CtmConfig`, whose defaults they take.
     :param d_input: width of the default encoder's features (per cell for MiniGrid grids).
     :param carry_traces: carry the traces from one environment step to the next (the CTM for RL). ``False``
@@ -109,6 +109,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         memory_length: int = _CTM_DEFAULTS.memory_length,
         nlm_history: int | None = _CTM_DEFAULTS.nlm_history,
         nlm_hidden: int = _CTM_DEFAULTS.nlm_hidden,
+        nlm_temperature: float | None = _CTM_DEFAULTS.nlm_temperature,
         synapse_depth: int = _CTM_DEFAULTS.synapse_depth,
         n_synch_out: int = _CTM_DEFAULTS.n_synch_out,
         neuron_select: str = _CTM_DEFAULTS.neuron_select,
@@ -136,8 +137,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     ) -> None:
         self.ctm_config = CtmConfig(
             d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_history=nlm_history, nlm_hidden=nlm_hidden,
-            synapse_depth=synapse_depth, n_synch_out=n_synch_out, neuron_select=neuron_select,
-            initial_decay=initial_decay,
+            nlm_temperature=nlm_temperature, synapse_depth=synapse_depth, n_synch_out=n_synch_out,
+            neuron_select=neuron_select, initial_decay=initial_decay,
         )
         check_compile_option(compile_rollout)
         if share_ctm and not share_features_extractor:
@@ -267,10 +268,12 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def diagnostics(self) -> dict[str, float]:
         """The synchronisation's scale over the rollout steps since the last call (``sync_abs_mean``,
-        ``sync_rms``) and the actor CTM's decay rates (``decay_mean``, ``decay_min``, ``decay_max``)."""
+        ``sync_rms``), the actor CTM's decay rates (``decay_mean``, ``decay_min``, ``decay_max``) and its learned
+        neuron-level temperatures, if any (``nlm_temperature_0`` for the first layer, ...)."""
         rates = self.ctm.synchronisation.rates().detach()
         summary = {**self.output_scale.summary(), "decay_mean": float(rates.mean()), "decay_min": float(rates.min()),
-                   "decay_max": float(rates.max())}
+                   "decay_max": float(rates.max()),
+                   **{f"nlm_temperature_{i}": t for i, t in enumerate(self.ctm.nlms.temperatures())}}
         self.output_scale.reset()
         return summary
 
