@@ -46,6 +46,26 @@ def _assert_same_gradients(module, grads, expected):
             torch.testing.assert_close(grad, other, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _assert_replay_and_step_equal_the_plain_definition(ctm, features, traces, starts):
+    """The replay's outputs, final traces and gradients equal the plain definition's, and the rollout's step, one
+    env step at a time, gives the replay's outputs."""
+    fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
+    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
+    plain, plain_traces = reference_forward(ctm, features, traces, starts)
+    plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
+        torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
+    _assert_same_gradients(ctm, fast_grads, plain_grads)
+
+    step_traces, outputs = _ctm_layout(traces), []
+    with torch.no_grad():
+        for t in range(len(features)):
+            output, step_traces = ctm.step(ctm.project(features[t]), step_traces, starts[t])
+            outputs.append(output)
+    torch.testing.assert_close(torch.stack(outputs), fast.detach(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("synapse_depth", [1, 3])
 @pytest.mark.parametrize("nlm_hidden", [0, 4])
 @pytest.mark.parametrize("ticks", [1, 3])
@@ -80,22 +100,7 @@ def test_learned_nlm_temperatures_equal_the_plain_definition(nlm_hidden):
     with torch.no_grad():
         for value, layer in zip((0.7, 1.5), [m for m in ctm.nlms.layers if hasattr(m, "temperature")]):
             layer.temperature.fill_(value)
-    features, traces, starts = _inputs(ctm)
-    fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
-    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
-    plain, plain_traces = reference_forward(ctm, features, traces, starts)
-    plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
-        torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
-    _assert_same_gradients(ctm, fast_grads, plain_grads)
-
-    step_traces, outputs = _ctm_layout(traces), []
-    with torch.no_grad():
-        for t in range(len(features)):
-            output, step_traces = ctm.step(ctm.project(features[t]), step_traces, starts[t])
-            outputs.append(output)
-    torch.testing.assert_close(torch.stack(outputs), fast.detach(), atol=1e-5, rtol=1e-5)
+    _assert_replay_and_step_equal_the_plain_definition(ctm, *_inputs(ctm))
 
 
 @pytest.mark.parametrize("nlm_history, ticks, nlm_hidden", [(1, 1, 4), (3, 3, 0), (6, 2, 4)])
@@ -108,22 +113,7 @@ def test_neuron_level_models_reading_the_newest_columns_equal_the_plain_definiti
                                    n_synch_out=4, nlm_history=nlm_history, initial_decay=[0.0, 2.0]))
     assert ctm.nlms.layers[0].weight.shape[1] == nlm_history
     features, traces, starts = _inputs(ctm)
-    fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
-    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
-    plain, plain_traces = reference_forward(ctm, features, traces, starts)
-    plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
-        torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
-    _assert_same_gradients(ctm, fast_grads, plain_grads)
-
-    # The rollout's step, one env step at a time, gives the same outputs.
-    step_traces, outputs = _ctm_layout(traces), []
-    with torch.no_grad():
-        for t in range(len(features)):
-            output, step_traces = ctm.step(ctm.project(features[t]), step_traces, starts[t])
-            outputs.append(output)
-    torch.testing.assert_close(torch.stack(outputs), fast.detach(), atol=1e-5, rtol=1e-5)
+    _assert_replay_and_step_equal_the_plain_definition(ctm, features, traces, starts)
 
     # A pre-activation older than the newest nlm_history columns changes no post-activation: with one tick and
     # a trace whose old pre-activations differ, the first output is the same.
