@@ -90,7 +90,7 @@ class NeuronLevelModels(nn.Module):
 
     def temperatures(self) -> list[float]:
         """The learned temperatures' current values, first layer first; empty without them."""
-        return [float(layer.temperature) for layer in self.layers if isinstance(layer, Temperature)]
+        return [float(layer.temperature.detach()) for layer in self.layers if isinstance(layer, Temperature)]
 
     @property
     def history(self) -> int:
