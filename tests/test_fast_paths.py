@@ -46,9 +46,9 @@ def _assert_same_gradients(module, grads, expected):
             torch.testing.assert_close(grad, other, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def _assert_replay_and_step_equal_the_plain_definition(ctm, features, traces, starts):
-    """The replay's outputs, final traces and gradients equal the plain definition's, and the rollout's step, one
-    env step at a time, gives the replay's outputs."""
+def _assert_replay_equals_the_plain_definition(ctm, features, traces, starts):
+    """The replay's outputs, final traces and gradients equal the plain definition's; returns the replay's
+    outputs."""
     fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
     fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
     plain, plain_traces = reference_forward(ctm, features, traces, starts)
@@ -57,7 +57,13 @@ def _assert_replay_and_step_equal_the_plain_definition(ctm, features, traces, st
     for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
         torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
     _assert_same_gradients(ctm, fast_grads, plain_grads)
+    return fast
 
+
+def _assert_replay_and_step_equal_the_plain_definition(ctm, features, traces, starts):
+    """As :func:`_assert_replay_equals_the_plain_definition`, and the rollout's step, one env step at a time,
+    gives the replay's outputs."""
+    fast = _assert_replay_equals_the_plain_definition(ctm, features, traces, starts)
     step_traces, outputs = _ctm_layout(traces), []
     with torch.no_grad():
         for t in range(len(features)):
@@ -76,18 +82,8 @@ def test_forward_and_gradients_equal_the_plain_definition(synapse_depth, nlm_hid
                                    synapse_depth=synapse_depth, n_synch_out=6, neuron_select=neuron_select))
     with torch.no_grad():
         ctm.synchronisation.decay.uniform_(-0.5, 5.0)  # both clamp limits and the inside
-    features, traces, starts = _inputs(ctm)
-
-    fast, fast_traces = ctm(features, _ctm_layout(traces), starts)
-    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
-    plain, plain_traces = reference_forward(ctm, features, traces, starts)
-    plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(ctm.parameters()), allow_unused=True)
-
-    assert fast.shape == plain.shape == (7, 5, ctm.output_size)
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
-    for fast_trace, plain_trace in zip(_batch_major(fast_traces), plain_traces):
-        torch.testing.assert_close(fast_trace, plain_trace, atol=1e-5, rtol=1e-5)
-    _assert_same_gradients(ctm, fast_grads, plain_grads)
+    fast = _assert_replay_equals_the_plain_definition(ctm, *_inputs(ctm))
+    assert fast.shape == (7, 5, ctm.output_size)  # the plain definition's shape too: assert_close compares shapes
 
 
 @pytest.mark.parametrize("nlm_hidden", [0, 4])
