@@ -59,6 +59,29 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
     assert len((run_dir / "command.txt").read_text().splitlines()) == 2
 
 
+def test_the_minigrid_presets_relu_heads_and_adam_eps_reach_the_model_and_survive_a_resume(tmp_path):
+    """The preset names its heads' activation by string and Adam's eps in a nested mapping: both must reach the
+    policy that trains, and the policy a resume rebuilds from the run folder."""
+
+    def heads_and_eps(model):
+        activations = {type(m) for m in model.policy.mlp_extractor.modules()
+                       if isinstance(m, (torch.nn.ReLU, torch.nn.Tanh))}
+        return activations, model.policy.optimizer.defaults["eps"]
+
+    assert run(tmp_path, "--env", "MiniGrid-Empty-5x5", "--timesteps", "64", *TINY) == 0
+    run_dir = tmp_path / "MiniGrid-Empty-5x5" / "ctm-seed0"
+    assert heads_and_eps(RecurrentPPO.load(run_dir / "model.zip")) == ({torch.nn.ReLU}, 1e-8)
+    assert train_module.main(["--resume", str(run_dir), "--timesteps", "128", "--no-progress-bar"]) == 0
+    resumed = RecurrentPPO.load(run_dir / "model.zip")
+    assert resumed.num_timesteps == 128 and heads_and_eps(resumed) == ({torch.nn.ReLU}, 1e-8)
+    # and the Tanh heads stay one override away
+    overrides_end = TINY.index("--eval-freq")
+    assert run(tmp_path, "--env", "MiniGrid-Empty-5x5", "--timesteps", "32", "--seed", "1", *TINY[:overrides_end],
+               "activation_fn=Tanh", *TINY[overrides_end:]) == 0
+    tanh = RecurrentPPO.load(tmp_path / "MiniGrid-Empty-5x5" / "ctm-seed1" / "model.zip")
+    assert heads_and_eps(tanh) == ({torch.nn.Tanh}, 1e-8)
+
+
 def test_ctrl_c_saves_what_was_learned_and_exits_130(tmp_path, monkeypatch):
     interrupt_training_at(monkeypatch, 40)
     assert run(tmp_path, "--timesteps", "1000", *TINY) == 130
