@@ -33,8 +33,8 @@ import yaml
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig, read_comparison_config,
-                         run_dir_of, safe_name)
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, RESUMES_FILE, AgentSpec, CompareConfig,
+                         read_comparison_config, run_dir_of, safe_name)
 
 @dataclass(frozen=True)
 class RunJob:
@@ -64,10 +64,58 @@ class RunInterrupted(KeyboardInterrupt):
     """A run stopped before its budget (Ctrl-C); it is not a result, and the comparison stops with it."""
 
 
-def execute_run(job: RunJob) -> dict[str, Any]:
-    """Train one run from scratch and return its record (evaluation curve, parameters, timing).
+# Settings that change how a run is carried out but not what it computes: a save made under other values of
+# these can still be continued.
+_CONTINUABLE_SETTINGS = ("device", "progress_bar", "checkpoint_freq")
 
-    Runs in a worker process (pool or Ray task); a folder left by an unfinished earlier attempt is replaced.
+
+def continuable_steps(job: RunJob) -> int | None:
+    """The steps of the newest readable save an unfinished earlier attempt at ``job`` left in its folder, if the
+    attempt trained the same configuration (only device, progress bar and checkpoint interval may differ);
+    ``None`` if the run must start from scratch, as every run does in a comparison without checkpoints."""
+    from ctm_rl.sb3.checkpoints import saved_steps, saves_newest_first
+    from ctm_rl.train import CONFIG_FILE as RUN_CONFIG_FILE, read_run_config
+
+    run_dir = Path(job.run_dir)
+    if not job.config["checkpoint_freq"] or not (run_dir / RUN_CONFIG_FILE).exists() or (run_dir / RESULT_FILE).exists():
+        return None
+    try:
+        saved = read_run_config(run_dir).to_dict()
+    except CtmRlError:
+        return None
+    wanted = dict(job.config)
+    for name in _CONTINUABLE_SETTINGS:
+        saved.pop(name, None), wanted.pop(name, None)
+    if saved != wanted:
+        return None
+    for path in saves_newest_first(run_dir):
+        try:
+            steps = saved_steps(path)
+        except CtmRlError:
+            continue  # a damaged save (a write cut short): the next newest may do
+        return steps if 0 < steps < job.config["timesteps"] else None
+    return None
+
+
+def _wall_time_until(run_dir: Path, steps: int) -> float:
+    """Wall-clock seconds earlier attempts spent up to their last evaluation at or before ``steps`` (the clock the
+    evaluations keep across a resume); 0 if there is none."""
+    path = run_dir / "eval" / "evaluations.npz"
+    try:
+        with np.load(path) as data:
+            kept = data["wall_time"][data["timesteps"] <= steps]
+    except (OSError, KeyError, ValueError):
+        return 0.0
+    return float(kept[-1]) if len(kept) and np.isfinite(kept[-1]) else 0.0
+
+
+def execute_run(job: RunJob) -> dict[str, Any]:
+    """Train one run and return its record (evaluation curve, parameters, timing).
+
+    Runs in a worker process (pool or Ray task). A run an earlier attempt left unfinished continues from its
+    newest readable save (a checkpoint, or the ``model.zip`` Ctrl-C wrote) when that attempt trained the same
+    configuration, and its record lists the steps it continued from under ``resumed_at``; otherwise its folder is
+    replaced and it starts from scratch. A finished run keeps its ``model.zip`` and drops its checkpoints.
 
     :raises RunInterrupted: if training stopped before its budget.
     """
@@ -77,19 +125,29 @@ def execute_run(job: RunJob) -> dict[str, Any]:
 
     torch.set_num_threads(job.threads)
     run_dir = Path(job.run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    continue_from = continuable_steps(job)
+    resumes_file = run_dir / RESUMES_FILE
+    if continue_from is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        resumed_at, earlier_wall_time = [], 0.0
+    else:
+        resumed_at = (json.loads(resumes_file.read_text()) if resumes_file.exists() else []) + [continue_from]
+        resumes_file.write_text(json.dumps(resumed_at))
+        earlier_wall_time = _wall_time_until(run_dir, continue_from)
     if job.command:
-        (run_dir / COMMAND_FILE).write_text(job.command + "\n")
+        with open(run_dir / COMMAND_FILE, "a") as file:
+            file.write(job.command + "\n")
     config = TrainConfig.from_dict(job.config)
     env = resolve_env(config.env, config.mask_velocity, config.env_module)
     tuning = load_preset(config.agent, config.env, env.family).get("tuning")
     started = time.perf_counter()
-    model = train(config, env, run_dir)
-    wall_time = time.perf_counter() - started
+    model = train(config, env, run_dir, resume=continue_from is not None)
+    wall_time = earlier_wall_time + time.perf_counter() - started
     if model.num_timesteps < config.timesteps:
         raise RunInterrupted(f"{job.agent} seed {job.seed} stopped at {model.num_timesteps} of {config.timesteps} steps.")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # model.zip holds the finished run
     with np.load(run_dir / "eval" / "evaluations.npz") as data:
         returns, lengths = data["results"], data["ep_lengths"]
         evaluations = {"step": data["timesteps"].tolist(), "return_mean": returns.mean(axis=1).tolist(),
@@ -107,7 +165,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
         "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
         "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
-        "normalize_reward": config.normalize_reward, "tuning": tuning,
+        "normalize_reward": config.normalize_reward, "tuning": tuning, "resumed_at": resumed_at,
         "evaluations": evaluations,
     }
 
@@ -175,7 +233,7 @@ def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, Trai
     settings = dict(timesteps=config.timesteps, n_envs=config.n_envs, max_steps=config.max_steps,
                     env_module=config.env_module, env_kwargs=config.env_kwargs,
                     eval_freq=config.eval_freq, eval_episodes=config.eval_episodes,
-                    eval_deterministic=config.eval_deterministic, checkpoint_freq=0, device=device,
+                    eval_deterministic=config.eval_deterministic, checkpoint_freq=config.checkpoint_freq, device=device,
                     progress_bar=False, seed=config.seeds[0])
     def agent_error(spec: AgentSpec, error: CtmRlError) -> CtmRlError:
         return type(error)(f"agent {spec.label!r}: {error}")
@@ -263,8 +321,9 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
         with open(out / COMMAND_FILE, "a") as file:
             file.write(command + "\n")
     pending = [job for job in jobs if not (Path(job.run_dir) / RESULT_FILE).exists()]
-    print(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished, {len(pending)} to train "
-          f"({backend} backend).", flush=True)
+    continuing = sum(continuable_steps(job) is not None for job in pending)
+    print(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished, {len(pending)} to train"
+          + (f" ({continuing} continue from a save)" if continuing else "") + f" ({backend} backend).", flush=True)
     failures: list[str] = []
 
     def finished(job: RunJob, result: dict[str, Any]) -> None:
@@ -317,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--description", help="what the comparison is for and why its budget (shown in the summary)")
     parser.add_argument("--test-ticks", type=int, nargs="+", default=[], metavar="K",
                         help="also evaluate every trained CTM at these tick counts (think longer at test time)")
+    parser.add_argument("--checkpoint-freq", type=int, default=defaults.checkpoint_freq,
+                        help="env steps between a run's checkpoints, from which running the command again continues "
+                        "an interrupted run; 0: none, it restarts (default: %(default)s)")
     parser.add_argument("--out", help="comparison folder (default: comparisons/<env>)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device of the runs")
     parser.add_argument("--backend", default="local", choices=["local", "ray"],
@@ -341,6 +403,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                           f"evaluated. Fix: lower --eval-freq.")
     if args.test_ticks and min(args.test_ticks) < 1:
         raise ConfigError(f"--test-ticks must all be >= 1, got {args.test_ticks}.")
+    if args.checkpoint_freq < 0:
+        raise ConfigError(f"--checkpoint-freq must be >= 0 (0: no checkpoints), got {args.checkpoint_freq}.")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}.")
     if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
@@ -354,7 +418,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                          n_envs=args.n_envs, max_steps=args.max_steps, env_module=args.env_module,
                          env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), threshold=args.threshold,
                          baseline=args.baseline, description=args.description,
-                         test_ticks=list(dict.fromkeys(args.test_ticks)))
+                         test_ticks=list(dict.fromkeys(args.test_ticks)), checkpoint_freq=args.checkpoint_freq)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ Written into the comparison folder:
 
 - ``curves.csv``: one row per (agent, seed, evaluation): step, mean/std return, mean episode length,
   wall time, training time and env steps per second up to that evaluation;
-- ``runs.csv``: one row per run: final and best return, steps to threshold, parameters, steps per second;
+- ``runs.csv``: one row per run: final and best return, steps to threshold, parameters, steps per second, and
+  the steps a run was continued from after an interruption;
 - ``params.csv``: trainable parameters per agent;
 - ``summary.md``: the table per agent, the plots and how the numbers were made;
 - ``curves_steps.png``, ``curves_wall.png``: IQM return across runs with 95% bootstrap bands, against env
@@ -149,7 +150,8 @@ def run_rows(runs: dict[str, list[dict[str, Any]]], summaries: list[AgentSummary
             rows.append({"agent": agent, "seed": run["seed"], "final_return": e["return_mean"][-1],
                          "best_return": max(e["return_mean"]), "steps_to_threshold": "" if math.isnan(reached) else int(reached),
                          "parameters": run["parameters"], "steps_per_second": round(run["steps_per_second"], 1),
-                         "wall_time_s": round(run["wall_time_s"], 1), "timesteps": run["timesteps"]})
+                         "wall_time_s": round(run["wall_time_s"], 1), "timesteps": run["timesteps"],
+                         "resumed_at": " ".join(str(steps) for steps in run.get("resumed_at", []))})
     return rows
 
 
@@ -375,6 +377,13 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     ]
     if missing:
         lines += [f"**Incomplete**: finished runs: {', '.join(missing)}.", ""]
+    resumed = [f"{agent} seed {run['seed']} at {', '.join(f'{steps:,}' for steps in run['resumed_at'])} steps"
+               for agent, results in runs.items() for run in results if run.get("resumed_at")]
+    if resumed:
+        # A continued run restarts its environments' episodes and random streams, so it is a valid run of its seed
+        # but not the one an uninterrupted attempt would have produced.
+        lines += [f"**Continued from a save** after an interruption (fresh episodes from there on, so not "
+                  f"bit-identical to an uninterrupted run): {'; '.join(resumed)}.", ""]
     lines += [
         f"| agent | parameters | runs | final return IQM [95% CI] | mean [95% CI] | median [95% CI] | "
         f"P(> {baseline}) [95% CI] | steps to {threshold if threshold is not None else 'threshold'} | steps/s |",

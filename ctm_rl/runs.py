@@ -14,6 +14,8 @@ from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError
 
 CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR = "comparison.yaml", "command.txt", "result.json", "runs"
+# A run folder's record of the steps each later attempt at it continued from (a JSON list).
+RESUMES_FILE = "resumed_at.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 _NEXT_OVERRIDE = re.compile(r",(?=\s*[A-Za-z_][\w.]*=)")  # a comma that starts the next key=value
 
@@ -56,6 +58,10 @@ class CompareConfig(SavedConfig):
     test_ticks: list[int] = field(default_factory=list)
     """Tick counts at which every CTM run is also evaluated once trained ("think longer" at test time), on
     ``eval_episodes`` episodes each; empty: none."""
+    checkpoint_freq: int = 50_000
+    """Environment steps between a run's checkpoints, from which the comparison run again continues a run that an
+    interruption left unfinished; 0: none (such a run starts again from scratch). A finished run keeps only its
+    ``model.zip``."""
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
     RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "eval_deterministic", "hyperparams", "n_envs",

@@ -155,6 +155,65 @@ def test_an_interrupted_run_is_not_a_result(tmp_path, monkeypatch):
     assert not (tmp_path / "runs" / "ctm" / "seed0" / "result.json").exists()
 
 
+RESUMABLE = ["--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "1", "--timesteps", "512", "--eval-freq", "128",
+             "--eval-episodes", "2", "--checkpoint-freq", "128", "--hyperparams", "n_epochs=1", "--workers", "1"]
+
+
+def _evaluations(run_dir):
+    with np.load(run_dir / "eval" / "evaluations.npz") as data:
+        return data["timesteps"].tolist(), data["wall_time"].tolist()
+
+
+def test_an_interrupted_run_continues_from_its_save_when_the_comparison_runs_again(tmp_path, monkeypatch, capsys):
+    out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
+    interrupt_training_at(monkeypatch, 300)
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 130
+    steps, wall_time = _evaluations(run_dir)
+    assert steps == [128, 256] and (run_dir / "checkpoints" / "ctm_256_steps.zip").exists()
+    monkeypatch.undo()
+
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 0
+    assert "1 to train (1 continue from a save)" in capsys.readouterr().out
+    result = json.loads((run_dir / "result.json").read_text())
+    saved_at = result["resumed_at"][0]
+    assert result["resumed_at"] == [saved_at] and 300 <= saved_at < 512  # Ctrl-C's model.zip, newer than 256
+    assert result["timesteps"] >= 512 and result["evaluations"]["step"][:2] == steps
+    # The earlier evaluations are kept as they were, not made again, and the clock continues from them.
+    assert result["evaluations"]["wall_time_s"][:2] == wall_time
+    assert result["wall_time_s"] > wall_time[-1]
+    assert not (run_dir / "checkpoints").exists()  # model.zip holds the finished run
+    runs = _read_csv(out / "runs.csv")
+    assert runs[0]["resumed_at"] == str(saved_at)
+    assert f"ctm seed 0 at {saved_at:,} steps" in (out / "summary.md").read_text()
+
+
+def test_a_save_of_other_settings_is_not_continued(tmp_path, monkeypatch, capsys):
+    out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
+    interrupt_training_at(monkeypatch, 300)
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 130
+    monkeypatch.undo()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["algo"]["clip_range"] = 0.1  # as if the preset had changed since
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 0
+    assert "continue from a save" not in capsys.readouterr().out
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_at"] == [] and result["algo"]["clip_range"] == 0.2
+
+
+def test_without_checkpoints_an_interrupted_run_starts_over(tmp_path, monkeypatch, capsys):
+    out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
+    uninterrupted = [*RESUMABLE[:RESUMABLE.index("--checkpoint-freq")], "--checkpoint-freq", "0",
+                     *RESUMABLE[RESUMABLE.index("--checkpoint-freq") + 2:]]
+    interrupt_training_at(monkeypatch, 300)
+    assert compare.main([*uninterrupted, "--out", str(out)]) == 130
+    assert (run_dir / "model.zip").exists() and not (run_dir / "checkpoints").exists()
+    monkeypatch.undo()
+    assert compare.main([*uninterrupted, "--out", str(out)]) == 0
+    assert "continue from a save" not in capsys.readouterr().out
+    assert json.loads((run_dir / "result.json").read_text())["resumed_at"] == []
+
+
 def test_ctrl_c_stops_a_serial_comparison_keeps_finished_runs_and_exits_130(tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
     assert compare.main(["--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "1", "--timesteps", "64",
