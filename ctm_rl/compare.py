@@ -69,6 +69,11 @@ class RunInterrupted(KeyboardInterrupt):
 _CONTINUABLE_SETTINGS = ("device", "progress_bar", "checkpoint_freq")
 
 
+def _what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's configuration (as a mapping) without the settings that do not change what it computes."""
+    return {name: value for name, value in config.items() if name not in _CONTINUABLE_SETTINGS}
+
+
 def continuable_steps(job: RunJob) -> int | None:
     """The steps of the newest readable save an unfinished earlier attempt at ``job`` left in its folder, if the
     attempt trained the same configuration (only device, progress bar and checkpoint interval may differ);
@@ -83,10 +88,7 @@ def continuable_steps(job: RunJob) -> int | None:
         saved = read_run_config(run_dir).to_dict()
     except CtmRlError:
         return None
-    wanted = dict(job.config)
-    for name in _CONTINUABLE_SETTINGS:
-        saved.pop(name, None), wanted.pop(name, None)
-    if saved != wanted:
+    if _what_it_computes(saved) != _what_it_computes(job.config):
         return None
     for path in saves_newest_first(run_dir):
         try:
