@@ -66,7 +66,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 # Settings that change how a run is carried out but not what it computes: a save made under other values of
 # these can still be continued.
-_CONTINUABLE_SETTINGS = ("device", "progress_bar", "checkpoint_freq")
+_CONTINUABLE_SETTINGS = ("device", "progress_bar", "checkpoint_freq", "keep_checkpoints")
 
 
 def _what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +236,8 @@ def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, Trai
                     env_module=config.env_module, env_kwargs=config.env_kwargs,
                     eval_freq=config.eval_freq, eval_episodes=config.eval_episodes,
                     eval_deterministic=config.eval_deterministic, checkpoint_freq=config.checkpoint_freq, device=device,
-                    progress_bar=False, seed=config.seeds[0])
+                    # A run continues from its newest save, so older checkpoints are only disk: keep one.
+                    keep_checkpoints=1, progress_bar=False, seed=config.seeds[0])
     def agent_error(spec: AgentSpec, error: CtmRlError) -> CtmRlError:
         return type(error)(f"agent {spec.label!r}: {error}")
 

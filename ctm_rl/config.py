@@ -162,6 +162,9 @@ class TrainConfig(SavedConfig):
     its sampled ones finish episodes."""
     checkpoint_freq: int = 50_000
     """Environment steps between checkpoints (0 disables them)."""
+    keep_checkpoints: int = 0
+    """How many of the newest checkpoints to keep (0 keeps every one). An older checkpoint is deleted only once a
+    newer one is written in full, so an interrupted save never leaves the run without one."""
     log_dir: str = "runs"
     """Parent folder of the run folders."""
     progress_bar: bool = True
@@ -207,11 +210,12 @@ class TrainConfig(SavedConfig):
         if self.policy not in POLICY_KINDS:
             raise ConfigError(f"Unknown policy kind {self.policy!r} in the {self.agent} preset. "
                               f"Fix: set `policy:` to one of {', '.join(POLICY_KINDS)}.")
-        for name in ("eval_freq", "checkpoint_freq", "seed"):
+        zero_means = {"eval_freq": " (0 disables it)", "checkpoint_freq": " (0 disables it)",
+                      "keep_checkpoints": " (0 keeps every one)", "seed": ""}
+        for name, meaning in zero_means.items():
             value = getattr(self, name)
             if not is_int(value) or value < 0:
-                disable = " (0 disables it)" if name != "seed" else ""
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix: set it to 0 or more{disable}.")
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix: set it to 0 or more{meaning}.")
         if not isinstance(self.normalize_reward, bool):
             raise ConfigError(f"normalize_reward must be true or false, got {self.normalize_reward!r}. "
                               f"Fix: --hyperparams normalize_reward=true (or false).")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.allocator import keep_freed_memory
@@ -27,7 +27,7 @@ from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.envs.normalization import normalize_rewards, unnormalized_twin
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.sb3.callbacks import TimedEvalCallback, episode_step_limit
+from ctm_rl.sb3.callbacks import RollingCheckpointCallback, TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
 
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate with sampled actions, as in training (default: the most likely actions)")
     parser.add_argument("--checkpoint-freq", type=int, default=TrainConfig.checkpoint_freq,
                         help="env steps between checkpoints")
+    parser.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints, metavar="N",
+                        help="keep only the newest N checkpoints (default: every one)")
     parser.add_argument("--log-dir", default=TrainConfig.log_dir, help="parent folder of run folders")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest save (model.zip or a checkpoint)")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
@@ -79,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, ResolvedEnv
         env_module=args.env_module, env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), seed=args.seed,
         device=args.device, vec_env=args.vec_env, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
         eval_deterministic=not args.eval_stochastic,
-        checkpoint_freq=args.checkpoint_freq, log_dir=args.log_dir, progress_bar=not args.no_progress_bar,
+        checkpoint_freq=args.checkpoint_freq, keep_checkpoints=args.keep_checkpoints, log_dir=args.log_dir,
+        progress_bar=not args.no_progress_bar,
         log_dynamics=args.log_dynamics,
     )
 
@@ -133,8 +136,9 @@ def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed
     ``after_eval`` runs after each evaluation (SB3's ``callback_after_eval``; returning False stops training)."""
     callbacks: list[BaseCallback] = []
     if config.checkpoint_freq > 0:
-        callbacks.append(CheckpointCallback(max(config.checkpoint_freq // config.n_envs, 1),
-                                            str(run_dir / "checkpoints"), name_prefix=config.agent_name))
+        callbacks.append(RollingCheckpointCallback(max(config.checkpoint_freq // config.n_envs, 1),
+                                                   str(run_dir / "checkpoints"), name_prefix=config.agent_name,
+                                                   keep=config.keep_checkpoints))
     if config.eval_freq > 0:
         eval_env = make_env(env, n_envs=config.eval_envs, seed=config.seed + 10_000, max_steps=config.max_steps,
                             env_kwargs=config.env_kwargs, monitor_dir=str(run_dir / "eval" / "monitor"))

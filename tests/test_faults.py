@@ -52,6 +52,22 @@ def test_resume_after_ctrl_c_starts_from_the_interrupt_save_not_an_older_checkpo
     assert timesteps == sorted(set(timesteps)) and timesteps[:3] == [32, 64, 96] and timesteps[-1] == 164
 
 
+def test_only_the_newest_checkpoints_are_kept_and_a_resume_continues_from_them(tmp_path, monkeypatch):
+    interrupt_training_at(monkeypatch, 100)
+    assert run(tmp_path, "--timesteps", "1000", "--eval-freq", "0", "--checkpoint-freq", "32",
+               "--keep-checkpoints", "2", *TINY) == 130
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    kept = sorted((run_dir / "checkpoints").glob("*.zip"), key=saved_steps)
+    assert [path.name for path in kept] == ["ctm_64_steps.zip", "ctm_96_steps.zip"]
+    assert [saved_steps(path) for path in kept] == [64, 96]
+    monkeypatch.undo()
+    (run_dir / "model.zip").unlink()  # as if Ctrl-C had come too late to save: the newest checkpoint takes over
+    assert resume(run_dir, "--timesteps", "192") == 0
+    assert saved_steps(run_dir / "model.zip") == 192  # 96, then three rollouts of 32
+    assert sorted(path.name for path in (run_dir / "checkpoints").glob("*.zip")) == ["ctm_160_steps.zip",
+                                                                                   "ctm_192_steps.zip"]
+
+
 def test_extending_a_finished_run_keeps_its_evaluations_and_its_best_model(tmp_path, monkeypatch):
     assert run(tmp_path, "--timesteps", "96", "--eval-freq", "32", "--checkpoint-freq", "64", *TINY) == 0
     run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"

@@ -140,6 +140,7 @@ def test_unknown_hyperparameter_suggests_close_names():
     (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
     (["--eval-freq", "-1"], "eval_freq must be an integer >= 0, got -1"),
     (["--checkpoint-freq", "-5"], "checkpoint_freq must be an integer >= 0, got -5"),
+    (["--keep-checkpoints", "-1"], "keep_checkpoints must be an integer >= 0, got -1"),
     (["--env-kwargs", "colour=red"], "CartPole-NoVel could not be built with the environment arguments given "
                                      "(colour='red')"),
     (["--env", "MiniGrid-DoorKey-5x5", "--env-kwargs", "colour=red"], "MiniGrid-DoorKey-5x5 could not be built"),

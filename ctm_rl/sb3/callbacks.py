@@ -1,4 +1,5 @@
-"""Evaluation that also records how long training took to get there."""
+"""Training callbacks: evaluations that also record how long training took to get there, and checkpoints that
+keep only the newest few."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
+
+from ctm_rl.sb3.checkpoints import named_steps
 
 
 def episode_step_limit(venv: VecEnv) -> int | None:
@@ -112,3 +115,29 @@ class TimedEvalCallback(EvalCallback):
         np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
                  ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
                  train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)
+
+
+class RollingCheckpointCallback(CheckpointCallback):
+    """SB3's ``CheckpointCallback`` that keeps only the newest ``keep`` checkpoints of its prefix. Older ones are
+    deleted after a new one has been written in full, so a save cut short by an interrupt still leaves the one
+    before it. Takes ``CheckpointCallback``'s arguments.
+
+    :param keep: checkpoints to keep; 0 keeps every one, as ``CheckpointCallback`` does.
+    """
+
+    def __init__(self, *args, keep: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep = keep
+
+    def _on_step(self) -> bool:
+        saved = self.n_calls % self.save_freq == 0
+        go_on = super()._on_step()
+        if saved and self.keep:
+            self._drop_older()
+        return go_on
+
+    def _drop_older(self) -> None:
+        checkpoints = [path for path in Path(self.save_path).glob(f"{self.name_prefix}_*_steps.zip")
+                       if named_steps(path) is not None]
+        for path in sorted(checkpoints, key=named_steps)[:-self.keep]:
+            path.unlink(missing_ok=True)

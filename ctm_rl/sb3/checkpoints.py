@@ -80,10 +80,17 @@ def load_weights(model: RecurrentPPO, path: Path, device: str = "auto") -> Recur
     return model
 
 
+def named_steps(path: Path) -> int | None:
+    """The steps in a checkpoint's file name (``<prefix>_<steps>_steps.zip``, as SB3's ``CheckpointCallback``
+    names it); ``None`` for another name."""
+    named = _STEPS.search(path.name)
+    return int(named.group(1)) if named else None
+
+
 def saves_newest_first(run_dir: Path) -> list[Path]:
     """A run folder's saves, ``model.zip`` and ``checkpoints/*_steps.zip``, the most steps first. A damaged save
     is placed by the steps in its name, and a damaged ``model.zip`` first, so that resuming reports it."""
-    saves = [path for path in (run_dir / "checkpoints").glob("*.zip") if _STEPS.search(path.name)]
+    saves = [path for path in (run_dir / "checkpoints").glob("*.zip") if named_steps(path) is not None]
     if (run_dir / "model.zip").exists():
         saves.append(run_dir / "model.zip")
 
@@ -91,8 +98,8 @@ def saves_newest_first(run_dir: Path) -> list[Path]:
         try:
             return saved_steps(path)
         except CheckpointError:
-            named = _STEPS.search(path.name)
-            return int(named.group(1)) if named else float("inf")
+            named = named_steps(path)
+            return float("inf") if named is None else named
 
     return sorted(saves, key=steps, reverse=True)
 
