@@ -14,6 +14,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from ctm_rl import ConfigError, CtmPolicy, UnsupportedSpaceError
 from ctm_rl.sb3.policy import PADDING
 from ctm_rl.sb3.ppo import CtmPPO
+from ctm_rl.sb3.standardizer import RunningStandardizer
 from ctm_rl.sb3.encoders import GridEncoder, ObservationEncoder, VectorEncoder
 
 REPLAY_CASES = [
@@ -364,6 +365,58 @@ def test_detach_critic_keeps_the_value_loss_out_of_a_shared_ctm(detach_critic):
 def test_detach_critic_needs_a_shared_ctm():
     with pytest.raises(ConfigError, match="detach_critic=True applies to a shared CTM"):
         small_model(detach_critic=True, share_ctm=False)
+
+
+@pytest.mark.parametrize("policy_kwargs", [{}, dict(share_ctm=False, share_features_extractor=False)],
+                         ids=["shared", "separate-critic"])
+def test_standardized_output_takes_up_a_rollouts_statistics_only_after_its_update(tmp_path, monkeypatch, policy_kwargs):
+    observed = {}
+    observe = RunningStandardizer.observe
+    monkeypatch.setattr(RunningStandardizer, "observe",
+                        lambda self, rows: (observed.setdefault(id(self), []).append(rows.clone()), observe(self, rows)))
+    model = small_model(algorithm=CtmPPO, standardize_output=True, **policy_kwargs)
+    model.batch_size = model.n_steps * model.n_envs  # one gradient step per update, taken at probability ratio 1
+    standardizers = {id(s): s for s in (model.policy.output_standardizer, model.policy.critic_output_standardizer)}
+    assert len(standardizers) == (1 if not policy_kwargs else 2)
+    model.learn(model.n_steps * model.n_envs, log_interval=100)  # one rollout, then its update
+    # The update read the rollout through the map the rollout was collected with: its step started at ratio 1.
+    assert abs(model.logger.name_to_value["train/approx_kl"]) < 1e-7
+    for key, standardizer in standardizers.items():
+        rows = torch.cat(observed[key]).double()  # every rollout step of every env, once
+        assert rows.shape == (model.n_steps * model.n_envs, model.policy.ctm.output_size)
+        # The first commit takes the rollout's statistics whole: the heads then read each pair centred, unit spread.
+        torch.testing.assert_close(standardizer.mean, rows.mean(dim=0).float())
+        torch.testing.assert_close(standardizer.var, rows.var(dim=0, unbiased=False).float())
+        assert float(standardizer.var.max()) < 1e-2  # far from the identity the first rollout was read through
+    # The next rollout reads the synchronisation through this map, and replaying it for the update reads the same
+    # one: probability ratios start at 1 (a map updated before the update would break this).
+    collect_rollout(model)
+    _assert_replay_reproduces_rollout(model, batch_size=48)
+    model.learn(model.n_steps * model.n_envs, log_interval=100, reset_num_timesteps=False)
+    assert abs(model.logger.name_to_value["train/approx_kl"]) < 1e-7
+    model.save(tmp_path / "model.zip")
+    loaded = CtmPPO.load(tmp_path / "model.zip").policy
+    torch.testing.assert_close(loaded.output_standardizer.mean, model.policy.output_standardizer.mean)
+    torch.testing.assert_close(loaded.critic_output_standardizer.var, model.policy.critic_output_standardizer.var)
+
+
+def test_a_running_standardizer_is_the_identity_until_a_commit_then_follows_later_rollouts_by_its_momentum():
+    standardizer = RunningStandardizer(3, momentum=0.25)
+    rows = torch.tensor([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [5.0, 0.0, 5.0]])
+    standardizer.observe(rows)
+    torch.testing.assert_close(standardizer(rows), rows.clamp(-10, 10))  # observed, not yet committed
+    standardizer.commit()
+    torch.testing.assert_close(standardizer.mean, torch.tensor([3.0, 0.0, 5.0]))
+    torch.testing.assert_close(standardizer.var, torch.tensor([8 / 3, 0.0, 0.0]))
+    torch.testing.assert_close(standardizer(rows)[:, 0], torch.tensor([-1.0, 0.0, 1.0]) * 1.5 ** 0.5)
+    assert not standardizer(rows)[:, 1:].any()  # constant features read 0, not noise blown up
+    standardizer.observe(torch.tensor([[7.0, 2.0, 5.0], [7.0, 2.0, 5.0]]))
+    standardizer.commit()  # a quarter of the way to the new statistics
+    torch.testing.assert_close(standardizer.mean, torch.tensor([4.0, 0.5, 5.0]))
+    torch.testing.assert_close(standardizer.var, torch.tensor([2.0, 0.0, 0.0]))
+    standardizer.commit()  # nothing observed since: unchanged
+    torch.testing.assert_close(standardizer.mean, torch.tensor([4.0, 0.5, 5.0]))
+    assert float(standardizer(torch.tensor([[1e6, 0.0, 5.0]]))[0, 0]) == 10.0  # clipped
 
 
 @pytest.mark.parametrize("kind", ["ctm", "lstm"])

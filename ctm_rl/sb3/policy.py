@@ -27,6 +27,7 @@ from ctm_rl.model.config import CtmConfig
 from ctm_rl.model.ctm import ContinuousThoughtMachine, Traces
 from ctm_rl.sb3.diagnostics import OutputScale
 from ctm_rl.sb3.encoders import ObservationEncoder
+from ctm_rl.sb3.standardizer import RunningStandardizer
 
 _CTM_DEFAULTS = CtmConfig()
 _HAS_FUSED_ADAM = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
@@ -88,6 +89,10 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         (minutes on a small CPU); the results equal the eager step's up to float rounding.
     :param normalize_output: apply a LayerNorm (with learned gain and bias) to the synchronisation before the
         actor and critic heads, so that the heads read unit-scale inputs whatever the traces' scale.
+    :param standardize_output: standardise each synchronisation pair by running estimates of its mean and
+        standard deviation over the rollout steps (:class:`~ctm_rl.sb3.standardizer.RunningStandardizer`, which
+        ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the heads (and before ``normalize_output``'s LayerNorm), so that the heads
+        read the synchronisation's variation across the visited steps at unit scale, whatever its size.
     :param detach_critic: with a shared CTM, the critic head reads its synchronisation without passing gradient
         back, so that only the actor's loss trains the CTM and the encoder (what sb3-contrib's shared LSTM does).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
@@ -119,6 +124,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         project_cells: bool = True,
         compile_rollout: CompileOption = False,
         normalize_output: bool = False,
+        standardize_output: bool = False,
         detach_critic: bool = False,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
@@ -151,6 +157,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.share_ctm = share_ctm
         self.compile_rollout = compile_rollout
         self.normalize_output = normalize_output
+        self.standardize_output = standardize_output
         self.detach_critic = detach_critic
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
@@ -178,6 +185,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.output_norm = nn.LayerNorm(width) if self.normalize_output else nn.Identity()
         self.critic_output_norm = (nn.LayerNorm(width) if self.normalize_output and not self.share_ctm
                                    else self.output_norm)
+        self.output_standardizer = RunningStandardizer(width) if self.standardize_output else nn.Identity()
+        self.critic_output_standardizer = (RunningStandardizer(width) if self.standardize_output and not self.share_ctm
+                                           else self.output_standardizer)
         super()._build(lr_schedule)
 
     @property
@@ -189,7 +199,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         data = super()._get_constructor_parameters()
         data.update(self.ctm_config.to_dict(), d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
                     project_cells=self.project_cells, compile_rollout=self.compile_rollout,
-                    normalize_output=self.normalize_output, detach_critic=self.detach_critic)
+                    normalize_output=self.normalize_output, standardize_output=self.standardize_output,
+                    detach_critic=self.detach_critic)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -253,8 +264,6 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         features = BaseModel.extract_features(self, obs, extractor) if shared_features else None
         projected = self._ctm_input(obs, extractor, self.ctm) if features is None else self.ctm.project(features)
         latent_pi, traces_pi = self._run_ctm(self.ctm, projected, states.pi, episode_starts, lengths, rollout)
-        if rollout:
-            self.output_scale.add(latent_pi)
         if self.critic_ctm is None:
             latent_vf, traces_vf = (latent_pi.detach() if self.detach_critic else latent_pi), traces_pi
         else:
@@ -262,9 +271,36 @@ class CtmPolicy(RecurrentActorCriticPolicy):
                          else self.critic_ctm.project(features))
             latent_vf, traces_vf = self._run_ctm(self.critic_ctm, projected, states.vf, episode_starts, lengths,
                                                  rollout)
-        latent_pi = self.mlp_extractor.forward_actor(self.output_norm(latent_pi))
-        latent_vf = self.mlp_extractor.forward_critic(self.critic_output_norm(latent_vf))
+        if rollout:
+            self._observe_rollout(latent_pi, latent_vf)
+        latent_pi = self.mlp_extractor.forward_actor(self._actor_input(latent_pi))
+        latent_vf = self.mlp_extractor.forward_critic(self._critic_input(latent_vf))
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
+
+    def _actor_input(self, synchronisation: torch.Tensor) -> torch.Tensor:
+        """What the actor head reads: the synchronisation ``(N, P)``, standardised and normalised if asked."""
+        return self.output_norm(self.output_standardizer(synchronisation))
+
+    def _critic_input(self, synchronisation: torch.Tensor) -> torch.Tensor:
+        """What the critic head reads: its synchronisation ``(N, P)``, standardised and normalised if asked."""
+        return self.critic_output_norm(self.critic_output_standardizer(synchronisation))
+
+    def _observe_rollout(self, synchronisation_pi: torch.Tensor, synchronisation_vf: torch.Tensor) -> None:
+        """Record a rollout step's synchronisations, ``(N, P)`` each: their scale for :meth:`diagnostics`, and
+        the statistics the output standardisers take up at :meth:`commit_output_statistics`."""
+        self.output_scale.add(synchronisation_pi)
+        if isinstance(self.output_standardizer, RunningStandardizer):
+            self.output_standardizer.observe(synchronisation_pi)
+            if self.critic_output_standardizer is not self.output_standardizer:
+                self.critic_output_standardizer.observe(synchronisation_vf)
+
+    def commit_output_statistics(self) -> None:
+        """Let the output standardisers (``standardize_output``) take up the statistics of the rollout steps seen
+        since the last call; ``CtmPPO`` calls it after each update, so that a rollout and its update read the
+        synchronisation through the same map."""
+        for standardizer in {id(s): s for s in (self.output_standardizer, self.critic_output_standardizer)}.values():
+            if isinstance(standardizer, RunningStandardizer):
+                standardizer.commit()
 
     def diagnostics(self) -> dict[str, float]:
         """The synchronisation's scale over the rollout steps since the last call (``sync_abs_mean``,
@@ -320,13 +356,13 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[Distribution, FlatTraces]:
         projected = self._ctm_input(obs, self.pi_features_extractor, self.ctm)
         latent_pi, traces = self._run_ctm(self.ctm, projected, lstm_states, episode_starts)
-        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(self.output_norm(latent_pi))), traces
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(self._actor_input(latent_pi))), traces
 
     def predict_values(self, obs: torch.Tensor, lstm_states: FlatTraces, episode_starts: torch.Tensor) -> torch.Tensor:
         ctm = self.ctm if self.critic_ctm is None else self.critic_ctm
         projected = self._ctm_input(obs, self.vf_features_extractor, ctm)
         latent_vf, _ = self._run_ctm(ctm, projected, lstm_states, episode_starts)
-        return self.value_net(self.mlp_extractor.forward_critic(self.critic_output_norm(latent_vf)))
+        return self.value_net(self.mlp_extractor.forward_critic(self._critic_input(latent_vf)))
 
     def predict(
         self,

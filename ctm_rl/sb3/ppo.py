@@ -21,7 +21,9 @@ from ctm_rl.sb3.policy import CtmPolicy
 
 class CtmPPO(RecurrentPPO):
     """``RecurrentPPO`` with packed CTM replay and shared traces stored once (see the module docstring), which
-    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` with each update, for any recurrent policy."""
+    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` with each update, for any recurrent policy, and
+    after each update lets a ``CtmPolicy``'s output standardisers (``standardize_output``) take up the rollout's
+    statistics."""
 
     def train(self) -> None:
         norms = GradientNorms(self.policy, self.policy.optimizer, self.logger.record_mean)
@@ -30,6 +32,7 @@ class CtmPPO(RecurrentPPO):
         finally:
             norms.remove()
         if isinstance(self.policy, CtmPolicy):
+            self.policy.commit_output_statistics()
             for key, value in self.policy.diagnostics().items():
                 self.logger.record(f"ctm/{key}", value)
 
