@@ -400,6 +400,23 @@ def test_standardized_output_takes_up_a_rollouts_statistics_only_after_its_updat
     torch.testing.assert_close(loaded.critic_output_standardizer.var, model.policy.critic_output_standardizer.var)
 
 
+def test_a_zero_standardize_momentum_keeps_the_first_rollouts_map():
+    model = small_model(algorithm=CtmPPO, standardize_output=True, standardize_momentum=0.0)
+    model.learn(model.n_steps * model.n_envs, log_interval=100)
+    first = model.policy.output_standardizer.mean.clone(), model.policy.output_standardizer.var.clone()
+    assert not torch.equal(first[1], torch.ones_like(first[1]))
+    model.learn(2 * model.n_steps * model.n_envs, log_interval=100, reset_num_timesteps=False)
+    assert torch.equal(model.policy.output_standardizer.mean, first[0])
+    assert torch.equal(model.policy.output_standardizer.var, first[1])
+    assert model.policy._get_constructor_parameters()["standardize_momentum"] == 0.0
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, "fast", True])
+def test_a_bad_standardize_momentum_is_refused_with_the_fix(momentum):
+    with pytest.raises(ConfigError, match="standardize_momentum must be in \\[0, 1\\]"):
+        small_model(standardize_output=True, standardize_momentum=momentum)
+
+
 def test_a_running_standardizer_is_the_identity_until_a_commit_then_follows_later_rollouts_by_its_momentum():
     standardizer = RunningStandardizer(3, momentum=0.25)
     rows = torch.tensor([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [5.0, 0.0, 5.0]])

@@ -93,6 +93,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         standard deviation over the rollout steps (:class:`~ctm_rl.sb3.standardizer.RunningStandardizer`, which
         ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the heads (and before ``normalize_output``'s LayerNorm), so that the heads
         read the synchronisation's variation across the visited steps at unit scale, whatever its size.
+    :param standardize_momentum: with ``standardize_output``, the share of the estimates each update's rollout
+        replaces (the first rollout's replace them whole); 0 keeps the first rollout's map for the whole run, a
+        data-dependent initialisation of the heads' input scale rather than a running normalisation.
     :param detach_critic: with a shared CTM, the critic head reads its synchronisation without passing gradient
         back, so that only the actor's loss trains the CTM and the encoder (what sb3-contrib's shared LSTM does).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
@@ -125,6 +128,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         compile_rollout: CompileOption = False,
         normalize_output: bool = False,
         standardize_output: bool = False,
+        standardize_momentum: float = 0.1,
         detach_critic: bool = False,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
@@ -157,7 +161,12 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.share_ctm = share_ctm
         self.compile_rollout = compile_rollout
         self.normalize_output = normalize_output
+        if isinstance(standardize_momentum, bool) or not isinstance(standardize_momentum, (int, float)) or not (
+                0.0 <= standardize_momentum <= 1.0):
+            raise ConfigError(f"standardize_momentum must be in [0, 1], got {standardize_momentum!r}. Fix: 0.1 "
+                              "follows the rollouts, 0 keeps the first rollout's statistics.")
         self.standardize_output = standardize_output
+        self.standardize_momentum = standardize_momentum
         self.detach_critic = detach_critic
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
@@ -185,9 +194,11 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.output_norm = nn.LayerNorm(width) if self.normalize_output else nn.Identity()
         self.critic_output_norm = (nn.LayerNorm(width) if self.normalize_output and not self.share_ctm
                                    else self.output_norm)
-        self.output_standardizer = RunningStandardizer(width) if self.standardize_output else nn.Identity()
-        self.critic_output_standardizer = (RunningStandardizer(width) if self.standardize_output and not self.share_ctm
-                                           else self.output_standardizer)
+        def standardizer() -> nn.Module:
+            return RunningStandardizer(width, self.standardize_momentum) if self.standardize_output else nn.Identity()
+
+        self.output_standardizer = standardizer()
+        self.critic_output_standardizer = standardizer() if not self.share_ctm else self.output_standardizer
         super()._build(lr_schedule)
 
     @property
@@ -200,6 +211,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         data.update(self.ctm_config.to_dict(), d_input=self.d_input, carry_traces=self.carry_traces, share_ctm=self.share_ctm,
                     project_cells=self.project_cells, compile_rollout=self.compile_rollout,
                     normalize_output=self.normalize_output, standardize_output=self.standardize_output,
+                    standardize_momentum=self.standardize_momentum,
                     detach_critic=self.detach_critic)
         return data
 

@@ -24,7 +24,8 @@ class RunningStandardizer(nn.Module):
     with the policy.
 
     :param width: features per row.
-    :param momentum: weight of the newest rollout's statistics at each commit, in (0, 1].
+    :param momentum: weight of the newest rollout's statistics at each commit after the first, in [0, 1]; 0 keeps
+        the first rollout's statistics.
     :param eps: added to the variance before its square root.
     :param clip: standardised values are clipped to ``[-clip, clip]``, as ``VecNormalize`` clips observations.
     """
