@@ -142,6 +142,8 @@ CASES = [
     Case("--seed -1", train("--seed", "-1")),
     Case("--eval-freq -1", train("--eval-freq", "-1")),
     Case("--checkpoint-freq -5", train("--checkpoint-freq", "-5")),
+    Case("--keep-checkpoints -1", train("--keep-checkpoints", "-1")),
+    Case("standardize_momentum=2", train("--hyperparams", "standardize_output=true", "standardize_momentum=2")),
     Case("--timesteps 0", train("--timesteps", "0")),
     Case("--n-envs 0", train("--n-envs", "0")),
     Case("n_envs=0 next to --n-envs 2", train("--n-envs", "2", "--hyperparams", "n_envs=0")),
