@@ -137,7 +137,7 @@ class RollingCheckpointCallback(CheckpointCallback):
         return go_on
 
     def _drop_older(self) -> None:
-        checkpoints = [path for path in Path(self.save_path).glob(f"{self.name_prefix}_*_steps.zip")
-                       if named_steps(path) is not None]
-        for path in sorted(checkpoints, key=named_steps)[:-self.keep]:
+        steps = {path: named_steps(path) for path in Path(self.save_path).glob(f"{self.name_prefix}_*_steps.zip")}
+        checkpoints = sorted((path for path, step in steps.items() if step is not None), key=steps.get)
+        for path in checkpoints[:-self.keep]:
             path.unlink(missing_ok=True)

@@ -91,8 +91,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         actor and critic heads, so that the heads read unit-scale inputs whatever the traces' scale.
     :param standardize_output: standardise each synchronisation pair by running estimates of its mean and
         standard deviation over the rollout steps (:class:`~ctm_rl.sb3.standardizer.RunningStandardizer`, which
-        ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the heads (and before ``normalize_output``'s LayerNorm), so that the heads
-        read the synchronisation's variation across the visited steps at unit scale, whatever its size.
+        ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the
+        heads (and before ``normalize_output``'s LayerNorm), so that the heads read the synchronisation's variation
+        across the visited steps at unit scale, whatever its size.
     :param standardize_momentum: with ``standardize_output``, the share of the estimates each update's rollout
         replaces (the first rollout's replace them whole); 0 keeps the first rollout's map for the whole run, a
         data-dependent initialisation of the heads' input scale rather than a running normalisation.
@@ -155,16 +156,16 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
         if detach_critic and not share_ctm:
             raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own.")
+        if isinstance(standardize_momentum, bool) or not isinstance(standardize_momentum, (int, float)) or not (
+                0.0 <= standardize_momentum <= 1.0):
+            raise ConfigError(f"standardize_momentum must be in [0, 1], got {standardize_momentum!r}. Fix: 0.1 "
+                              "follows the rollouts, 0 keeps the first rollout's statistics.")
         self.d_input = d_input
         self.carry_traces = carry_traces
         self.project_cells = project_cells
         self.share_ctm = share_ctm
         self.compile_rollout = compile_rollout
         self.normalize_output = normalize_output
-        if isinstance(standardize_momentum, bool) or not isinstance(standardize_momentum, (int, float)) or not (
-                0.0 <= standardize_momentum <= 1.0):
-            raise ConfigError(f"standardize_momentum must be in [0, 1], got {standardize_momentum!r}. Fix: 0.1 "
-                              "follows the rollouts, 0 keeps the first rollout's statistics.")
         self.standardize_output = standardize_output
         self.standardize_momentum = standardize_momentum
         self.detach_critic = detach_critic
@@ -194,6 +195,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.output_norm = nn.LayerNorm(width) if self.normalize_output else nn.Identity()
         self.critic_output_norm = (nn.LayerNorm(width) if self.normalize_output and not self.share_ctm
                                    else self.output_norm)
+
         def standardizer() -> nn.Module:
             return RunningStandardizer(width, self.standardize_momentum) if self.standardize_output else nn.Identity()
 
@@ -310,7 +312,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         """Let the output standardisers (``standardize_output``) take up the statistics of the rollout steps seen
         since the last call; ``CtmPPO`` calls it after each update, so that a rollout and its update read the
         synchronisation through the same map."""
-        for standardizer in {id(s): s for s in (self.output_standardizer, self.critic_output_standardizer)}.values():
+        for standardizer in {self.output_standardizer, self.critic_output_standardizer}:  # a shared one once
             if isinstance(standardizer, RunningStandardizer):
                 standardizer.commit()
 
