@@ -29,8 +29,8 @@ from torch import nn
 from ctm_rl.envs import ResolvedEnv, make_single_env, resolve_env
 from ctm_rl.errors import ConfigError
 from ctm_rl.model.config import CtmConfig, is_int
-from ctm_rl.sb3.lstm import LstmPolicy, lstm_policy_kwargs, match_lstm_hidden_size
-from ctm_rl.sb3.policy import CtmPolicy
+from ctm_rl.sb3.lstm import LSTM_DEFAULTS, LstmPolicy, check_lstm_arguments, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.sb3.policy import CtmPolicy, check_policy_arguments
 
 PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "normalize_reward", "algo", "policy_kwargs", "tuning")
 """Keys a preset block may set (``tuning``: the record of the study that chose it, written by ``tune``)."""
@@ -61,13 +61,24 @@ def _policy_arguments(policy_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(arguments.get("activation_fn"), str):
         name = arguments["activation_fn"]
         if not isinstance(getattr(nn, name, None), type):
-            raise ConfigError(f"activation_fn {name!r} is not a torch.nn module name (for example ReLU, Tanh).")
+            raise ConfigError(f"activation_fn {name!r} is not a torch.nn module name. Fix: a class name of torch.nn, "
+                              f"for example activation_fn=ReLU or Tanh.")
         arguments["activation_fn"] = getattr(nn, name)
     return arguments
 
 
 def _ctm_policy(policy_kwargs: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
     return CtmPolicy, _policy_arguments(policy_kwargs)
+
+
+def _check_ctm_policy(policy_kwargs: Mapping[str, Any]) -> None:
+    arguments = _policy_arguments(policy_kwargs)
+    CtmConfig.from_mapping(arguments)
+    check_policy_arguments(arguments)
+
+
+def _check_lstm_policy(policy_kwargs: Mapping[str, Any]) -> None:
+    check_lstm_arguments({**LSTM_DEFAULTS, **_policy_arguments(policy_kwargs)})
 
 
 def _lstm_policy(policy_kwargs: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
@@ -84,18 +95,20 @@ class PolicyKind:
     :param name: the name presets use (``policy: ctm``).
     :param keys: the ``policy_kwargs`` keys it accepts.
     :param build: ``policy_kwargs`` -> (policy class, keyword arguments for ``CtmPPO``).
+    :param check: raises :class:`ConfigError` for ``policy_kwargs`` the policy would refuse, without building it.
     """
 
     name: str
     keys: frozenset[str]
     build: Callable[[Mapping[str, Any]], tuple[type, dict[str, Any]]]
+    check: Callable[[Mapping[str, Any]], None]
 
 
 POLICY_KINDS: dict[str, PolicyKind] = {
-    "ctm": PolicyKind("ctm", _arguments(CtmPolicy.__init__), _ctm_policy),
+    "ctm": PolicyKind("ctm", _arguments(CtmPolicy.__init__), _ctm_policy, _check_ctm_policy),
     # LstmPolicy passes its parent's arguments through and adds its own; d_input sizes the shared encoder.
     "lstm": PolicyKind("lstm", _arguments(RecurrentActorCriticPolicy.__init__) | _arguments(LstmPolicy.__init__)
-                       | {"d_input"}, _lstm_policy),
+                       | {"d_input"}, _lstm_policy, _check_lstm_policy),
 }
 """The policy kinds, by the name a preset's ``policy`` key gives."""
 
@@ -229,8 +242,7 @@ class TrainConfig(SavedConfig):
                               f"({n_steps} * {self.n_envs}). Fix: lower batch_size or raise n_steps or n_envs.")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device auto or cpu.")
-        if self.policy == "ctm":
-            CtmConfig.from_mapping(self.policy_kwargs)  # raises for a bad CTM hyperparameter
+        POLICY_KINDS[self.policy].check(self.policy_kwargs)
 
 
 def _is_number(value: Any) -> bool:

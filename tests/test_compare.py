@@ -133,6 +133,12 @@ def test_extending_a_folder_with_other_run_settings_is_refused(tmp_path, capsys)
     (["--agents", "lstm", "ctm:ticks=0"], "agent 'ctm:ticks=0': ticks must be an integer >= 1"),
     (["--agents", "ctm:d_model=abc"], "agent 'ctm:d_model=abc': d_model must be an integer >= 1"),
     (["--agents", "ctm:learning_rate=lin_x"], "'lin_x' is not a linear schedule"),
+    # Policy arguments the policy itself would refuse: caught before the first run trains, not when its turn comes.
+    (["--agents", "lstm", "ctm:standardize_momentum=2"],
+     "agent 'ctm:standardize_momentum=2': standardize_momentum must be in [0, 1]"),
+    (["--agents", "ctm:share_ctm=false,detach_critic=true"], "detach_critic=True applies to a shared CTM"),
+    (["--agents", "ctm", "lstm:shared_lstm=false,detach_critic=false"], "detach_critic=False applies to a shared LSTM"),
+    (["--agents", "ctm:activation_fn=Relu"], "activation_fn 'Relu' is not a torch.nn module name"),
 ])
 def test_bad_input_is_refused_before_training_and_leaves_no_folder(tmp_path, capsys, args, message):
     assert compare.main([*TINY, "--out", str(tmp_path / "cmp"), *args]) == 2

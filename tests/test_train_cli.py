@@ -144,11 +144,19 @@ def test_unknown_hyperparameter_suggests_close_names():
     (["--env-kwargs", "colour=red"], "CartPole-NoVel could not be built with the environment arguments given "
                                      "(colour='red')"),
     (["--env", "MiniGrid-DoorKey-5x5", "--env-kwargs", "colour=red"], "MiniGrid-DoorKey-5x5 could not be built"),
+    (["--hyperparams", "standardize_momentum=2"], "standardize_momentum must be in [0, 1], got 2"),
+    (["--hyperparams", "share_ctm=false", "detach_critic=true"], "detach_critic=True applies to a shared CTM"),
+    (["--hyperparams", "share_features_extractor=false"], "share_ctm=True needs share_features_extractor=True"),
+    (["--hyperparams", "compile_rollout=3"], "compile_rollout must be true, false or a mapping"),
+    (["--hyperparams", "activation_fn=Relu"], "activation_fn 'Relu' is not a torch.nn module name"),
+    (["--agent", "lstm", "--hyperparams", "shared_lstm=false", "detach_critic=false"],
+     "detach_critic=False applies to a shared LSTM"),
 ])
 def test_bad_input_prints_one_clear_error_and_creates_nothing(tmp_path, capsys, args, message):
     assert run(tmp_path, "--timesteps", "32", "--no-progress-bar", *args) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert "Run folder" not in out + err, "refused only after the run had started"
     assert "Fix" in err or "Did you mean" in err or "Close matches" in err
     assert not any(tmp_path.iterdir()), "a failed command left files behind"
 

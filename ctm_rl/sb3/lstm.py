@@ -3,8 +3,9 @@ a CTM configuration's parameter count."""
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -29,9 +30,7 @@ class LstmPolicy(RecurrentActorCriticPolicy):
 
     def __init__(self, *args: Any, detach_critic: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not detach_critic and not self.shared_lstm:
-            raise ConfigError("detach_critic=False applies to a shared LSTM (shared_lstm=True); a separate critic "
-                              "LSTM or critic network is trained by the value loss already.")
+        check_lstm_arguments({"shared_lstm": self.shared_lstm, "detach_critic": detach_critic})
         self.detach_critic = detach_critic
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -55,6 +54,27 @@ class LstmPolicy(RecurrentActorCriticPolicy):
 # gradient only; detach_critic=False trains it with the critic's as well, and enable_critic_lstm=True (with
 # shared_lstm=False) gives the critic a separate one.
 LSTM_DEFAULTS: dict[str, Any] = {"shared_lstm": True, "enable_critic_lstm": False}
+
+
+_LSTM_POLICY_DEFAULTS = {
+    name: parameter.default
+    for function in (RecurrentActorCriticPolicy.__init__, LstmPolicy.__init__)
+    for name, parameter in inspect.signature(function).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
+def check_lstm_arguments(arguments: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for :class:`LstmPolicy` arguments that contradict each other, before anything
+    is built.
+
+    :param arguments: ``LstmPolicy`` keyword arguments; those left out take the policy's defaults.
+    """
+    given = {**_LSTM_POLICY_DEFAULTS, **arguments}
+    if not given["detach_critic"] and not given["shared_lstm"]:
+        raise ConfigError("detach_critic=False applies to a shared LSTM (shared_lstm=True); a separate critic "
+                          "LSTM or critic network is trained by the value loss already. Fix: drop detach_critic, or "
+                          "set shared_lstm=true.")
 
 
 def _constant_lr(_: float) -> float:

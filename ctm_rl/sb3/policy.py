@@ -7,7 +7,8 @@ post-activation trace, ``hidden = d_model * memory_length``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import inspect
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -151,15 +152,11 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             nlm_temperature=nlm_temperature, synapse_depth=synapse_depth, n_synch_out=n_synch_out,
             neuron_select=neuron_select, initial_decay=initial_decay,
         )
-        check_compile_option(compile_rollout)
-        if share_ctm and not share_features_extractor:
-            raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features.")
-        if detach_critic and not share_ctm:
-            raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own.")
-        if isinstance(standardize_momentum, bool) or not isinstance(standardize_momentum, (int, float)) or not (
-                0.0 <= standardize_momentum <= 1.0):
-            raise ConfigError(f"standardize_momentum must be in [0, 1], got {standardize_momentum!r}. Fix: 0.1 "
-                              "follows the rollouts, 0 keeps the first rollout's statistics.")
+        check_policy_arguments({
+            "compile_rollout": compile_rollout, "share_ctm": share_ctm,
+            "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
+            "standardize_momentum": standardize_momentum,
+        })
         self.d_input = d_input
         self.carry_traces = carry_traces
         self.project_cells = project_cells
@@ -392,3 +389,27 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             first = observation[next(iter(observation))] if isinstance(observation, dict) else observation
             episode_start = np.ones(len(first) if vectorized else 1, dtype=bool)
         return super().predict(observation, state, episode_start, deterministic)
+
+
+_POLICY_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(CtmPolicy.__init__).parameters.items()
+                    if parameter.default is not inspect.Parameter.empty}
+
+
+def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for :class:`CtmPolicy` arguments that are out of range or contradict each other,
+    before anything is built (the CTM's own are :class:`CtmConfig`'s to check).
+
+    :param arguments: ``CtmPolicy`` keyword arguments; those left out take the policy's defaults.
+    """
+    given = {**_POLICY_DEFAULTS, **arguments}
+    check_compile_option(given["compile_rollout"])
+    if given["share_ctm"] and not given["share_features_extractor"]:
+        raise ConfigError("share_ctm=True needs share_features_extractor=True: one CTM reads one set of features. "
+                          "Fix: share_features_extractor=true, or share_ctm=false for a separate critic CTM.")
+    if given["detach_critic"] and not given["share_ctm"]:
+        raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own. "
+                          "Fix: drop detach_critic, or set share_ctm=true.")
+    momentum = given["standardize_momentum"]
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ConfigError(f"standardize_momentum must be in [0, 1], got {momentum!r}. Fix: 0.1 follows the rollouts, "
+                          "0 keeps the first rollout's statistics.")
