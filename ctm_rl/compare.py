@@ -33,7 +33,7 @@ import yaml
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, RESUMES_FILE, AgentSpec, CompareConfig,
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig,
                          read_comparison_config, run_dir_of, safe_name)
 
 @dataclass(frozen=True)
@@ -123,21 +123,15 @@ def execute_run(job: RunJob) -> dict[str, Any]:
     """
     from ctm_rl.envs import resolve_env
     from ctm_rl.machine import code_version, machine_description
-    from ctm_rl.train import train
+    from ctm_rl.train import resumed_steps, train
 
     torch.set_num_threads(job.threads)
     run_dir = Path(job.run_dir)
     continue_from = continuable_steps(job)
-    resumes_file = run_dir / RESUMES_FILE
     if continue_from is None:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        resumed_at, earlier_wall_time = [], 0.0
-    else:
-        resumed_at = (json.loads(resumes_file.read_text()) if resumes_file.exists() else []) + [continue_from]
-        resumes_file.write_text(json.dumps(resumed_at))
-        earlier_wall_time = _wall_time_until(run_dir, continue_from)
     if job.command:
         with open(run_dir / COMMAND_FILE, "a") as file:
             file.write(job.command + "\n")
@@ -146,6 +140,10 @@ def execute_run(job: RunJob) -> dict[str, Any]:
     tuning = load_preset(config.agent, config.env, env.family).get("tuning")
     started = time.perf_counter()
     model = train(config, env, run_dir, resume=continue_from is not None)
+    # The steps train() continued from: the newest save that loaded, which may be older than continue_from when a
+    # newer one turned out damaged.
+    resumed_at = resumed_steps(run_dir)
+    earlier_wall_time = _wall_time_until(run_dir, resumed_at[-1]) if resumed_at else 0.0
     wall_time = earlier_wall_time + time.perf_counter() - started
     if model.num_timesteps < config.timesteps:
         raise RunInterrupted(f"{job.agent} seed {job.seed} stopped at {model.num_timesteps} of {config.timesteps} steps.")

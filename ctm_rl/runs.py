@@ -14,8 +14,6 @@ from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError
 
 CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR = "comparison.yaml", "command.txt", "result.json", "runs"
-# A run folder's record of the steps each later attempt at it continued from (a JSON list).
-RESUMES_FILE = "resumed_at.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 _NEXT_OVERRIDE = re.compile(r",(?=\s*[A-Za-z_][\w.]*=)")  # a comma that starts the next key=value
 

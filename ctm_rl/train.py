@@ -10,6 +10,7 @@ Each run writes a folder holding ``config.yaml``, ``command.txt``, ``model.zip``
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -32,6 +33,8 @@ from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
 
 CONFIG_FILE, COMMAND_FILE, MODEL_FILE = "config.yaml", "command.txt", "model.zip"
+RESUMES_FILE = "resumed_at.json"
+"""A run folder's record of the steps each resume continued from, the save actually loaded (a JSON list)."""
 
 
 DAMAGED_NPZ = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
@@ -173,6 +176,18 @@ def build_model(config: TrainConfig, venv: VecEnv, run_dir: Path) -> RecurrentPP
                   tensorboard_log=str(run_dir / "tb"), verbose=0, **config.algo_arguments())
 
 
+def record_resume(run_dir: Path, steps: int) -> None:
+    """Add ``steps``, the step count of the save a resume loaded, to the run folder's :data:`RESUMES_FILE`."""
+    path = run_dir / RESUMES_FILE
+    path.write_text(json.dumps(resumed_steps(run_dir) + [steps]))
+
+
+def resumed_steps(run_dir: Path) -> list[int]:
+    """The steps each resume of the run in ``run_dir`` continued from, oldest first (empty if it never resumed)."""
+    path = run_dir / RESUMES_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = False,
           after_eval: BaseCallback | None = None) -> RecurrentPPO:
     """Train (or continue training) and save ``model.zip``; Ctrl-C saves what was learned so far, and the
@@ -205,6 +220,8 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
         if remaining <= 0:
             print(f"Run already has {model.num_timesteps} of {config.timesteps} steps; nothing to do.")
             return model
+        if resume:
+            record_resume(run_dir, model.num_timesteps)
         try:
             callbacks = make_callbacks(config, env, run_dir, model.num_timesteps if resume else None, after_eval)
             model.learn(remaining, callback=callbacks,

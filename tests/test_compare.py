@@ -2,6 +2,7 @@
 
 import csv
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -193,6 +194,30 @@ def test_an_interrupted_run_continues_from_its_save_when_the_comparison_runs_aga
     runs = _read_csv(out / "runs.csv")
     assert runs[0]["resumed_at"] == str(saved_at)
     assert f"ctm seed 0 at {saved_at:,} steps" in (out / "summary.md").read_text()
+
+
+def test_a_continued_run_records_the_save_it_loaded_when_a_newer_one_is_damaged(tmp_path, monkeypatch, capsys):
+    out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
+    interrupt_training_at(monkeypatch, 300)
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 130
+    monkeypatch.undo()
+    steps, wall_time = _evaluations(run_dir)
+    # Ctrl-C's model.zip keeps a readable step count but loses its weights, so the run continues from the
+    # checkpoint at 256 steps.
+    with zipfile.ZipFile(run_dir / "model.zip") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["policy.pth"] = members["policy.pth"][:100]
+    with zipfile.ZipFile(run_dir / "model.zip", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 0
+    assert "Skipping model.zip" in capsys.readouterr().err
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_at"] == [256]
+    assert result["evaluations"]["step"][:2] == steps and result["evaluations"]["wall_time_s"][:2] == wall_time
+    assert result["wall_time_s"] > wall_time[-1]
+    assert f"ctm seed 0 at 256 steps" in (out / "summary.md").read_text()
 
 
 def test_a_save_of_other_settings_is_not_continued(tmp_path, monkeypatch, capsys):
