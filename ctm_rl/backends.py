@@ -31,6 +31,7 @@ def _start_worker() -> None:
     # Each run sets its torch threads; this also keeps OpenMP users other than torch from oversubscribing.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     signal.signal(signal.SIGINT, _on_interrupt)
+    signal.signal(signal.SIGTERM, _on_interrupt)  # a scheduler or kill stops a worker as Ctrl-C does
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 

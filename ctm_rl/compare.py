@@ -33,6 +33,7 @@ import yaml
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
+from ctm_rl.interrupts import terminate_as_interrupt
 from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig,
                          read_comparison_config, run_dir_of, safe_name)
 
@@ -422,6 +423,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                          test_ticks=list(dict.fromkeys(args.test_ticks)), checkpoint_freq=args.checkpoint_freq)
 
 
+@terminate_as_interrupt
 def main(argv: list[str] | None = None) -> int:
     from ctm_rl.report import write_page, write_report
 

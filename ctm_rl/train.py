@@ -28,6 +28,7 @@ from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.envs.normalization import normalize_rewards, unnormalized_twin
 from ctm_rl.errors import ConfigError, CtmRlError
+from ctm_rl.interrupts import terminate_as_interrupt
 from ctm_rl.sb3.callbacks import RollingCheckpointCallback, TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
@@ -310,6 +311,7 @@ def resumed_config(run_dir: Path, args: argparse.Namespace) -> tuple[TrainConfig
     return config, resolve_env(config.env, config.mask_velocity, config.env_module)
 
 
+@terminate_as_interrupt
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)

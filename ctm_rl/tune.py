@@ -32,6 +32,7 @@ from ctm_rl.config import (TrainConfig, apply_hyperparams, is_preset_path, load_
                            parse_key_values, preset_dir, resolve_config)
 from ctm_rl.envs import resolve_env
 from ctm_rl.errors import ConfigError, CtmRlError
+from ctm_rl.interrupts import terminate_as_interrupt
 from ctm_rl.runs import safe_name
 
 _KINDS = ("float", "int", "categorical")
@@ -302,6 +303,7 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
                       n_startup_trials=args.startup_trials, sampler_seed=args.sampler_seed)
 
 
+@terminate_as_interrupt
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)

@@ -355,27 +355,29 @@ def test_test_time_ticks_and_dynamics_are_recorded_per_run_and_reported(tmp_path
     assert "dominant-frequency spread" in summary and "| lstm | 1 |" in summary
 
 
-def _long_comparison(out, seeds: int, backend: str = "local") -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of a comparison of ``seeds`` runs far too long to finish in a test, two
-    at a time: two local workers, or half of the local Ray instance's CPUs per run."""
+def _long_comparison(out, seeds: int, backend: str = "local", workers: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a comparison of ``seeds`` runs far too long to finish in a test,
+    ``workers`` at a time: local workers, or half of the local Ray instance's CPUs per run."""
     import os
     import sys
 
     command = [sys.executable, "-m", "ctm_rl.compare", "--env", "CartPole-NoVel", "--agents", "ctm", "--seeds",
                str(seeds), "--timesteps", "400000", "--eval-freq", "512", "--eval-episodes", "1", "--hyperparams",
                "n_epochs=1", "d_model=16", "n_synch_out=4", "--out", str(out), "--backend", backend]
-    command += ["--workers", "2"] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
+    command += ["--workers", str(workers)] if backend == "local" else ["--cpus-per-run", str(os.cpu_count() / 2)]
     return command, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 _RAY = pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="needs ctm-rl[ray]")
 
 
-@pytest.mark.parametrize("backend, target", [
-    ("local", "main process"), ("local", "process group"),
-    pytest.param("ray", "main process", marks=_RAY), pytest.param("ray", "process group", marks=_RAY),
+@pytest.mark.parametrize("backend, target, signal_name", [
+    ("local", "main process", "SIGINT"), ("local", "process group", "SIGINT"),
+    # SIGTERM: kill, a batch scheduler at its time limit, a container stop.
+    ("local", "main process", "SIGTERM"), ("local", "process group", "SIGTERM"),
+    pytest.param("ray", "main process", "SIGINT", marks=_RAY), pytest.param("ray", "process group", "SIGINT", marks=_RAY),
 ])
-def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, backend, target):
+def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, backend, target, signal_name):
     import os
     import signal
     import subprocess
@@ -393,9 +395,9 @@ def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_pat
             time.sleep(0.5)
         interrupted = time.monotonic()
         if target == "main process":
-            process.send_signal(signal.SIGINT)
+            process.send_signal(getattr(signal, signal_name))
         else:
-            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            os.killpg(process.pid, getattr(signal, signal_name))  # Ctrl-C in a terminal; SIGTERM from a scheduler
         _, err = process.communicate(timeout=30)
         stopped = time.monotonic() - interrupted
     finally:
@@ -405,6 +407,31 @@ def test_ctrl_c_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_pat
     assert "Interrupted: 0 of 4 runs are finished" in err and "Traceback" not in err
     assert not list(out.glob("runs/ctm/seed*/result.json"))
     assert len(list(out.glob("runs/ctm/seed*"))) == 2, "the queued runs never started"
+    # Each interrupted run saved what it had learned, for the next attempt to continue from.
+    assert len(list(out.glob("runs/ctm/seed*/model.zip"))) == (2 if backend == "local" else 0)
+
+
+def test_sigterm_stops_a_serial_comparison_whose_run_saves_what_it_learned(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "cmp"
+    command, env = _long_comparison(out, seeds=2, workers=1)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("runs/ctm/seed0/eval/evaluations.npz")):
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (process.returncode, err)
+    assert "Interrupted at" in err and "Interrupted: 0 of 2 runs are finished" in err and "Traceback" not in err
+    assert (out / "runs" / "ctm" / "seed0" / "model.zip").exists()
 
 
 def _children(parent, marker):

@@ -142,6 +142,26 @@ def test_a_run_killed_mid_training_and_resumed_loses_no_monitor_episodes(tmp_pat
     assert saved_steps(run_dir / "model.zip") == newest + 64  # at most one checkpoint interval was lost
 
 
+def test_sigterm_saves_what_was_learned_and_exits_130(tmp_path):
+    run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
+    command = [sys.executable, "-m", "ctm_rl.train", "--log-dir", str(tmp_path), "--timesteps", "100000",
+               "--eval-freq", "0", "--checkpoint-freq", "0", *TINY]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _monitor_rows(run_dir):  # episodes have ended: it is training
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (process.returncode, err)
+    assert "Interrupted at" in err and "Traceback" not in err
+    assert saved_steps(run_dir / "model.zip") > 0  # no checkpoints: without the save, everything was lost
+
+
 def _plant_payload(model_zip, marker):
     """Rewrite a saved model so that unpickling its data writes ``marker``."""
     import base64
