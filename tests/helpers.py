@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import signal
+import subprocess
+import time
+from typing import Any, Callable
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -59,3 +62,22 @@ def interrupt_training_at(monkeypatch, steps: int) -> None:
 
     make_callbacks = train_module.make_callbacks
     monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [Interrupt()])
+
+
+def signal_when(command: list[str], env: dict[str, str], started: Callable[[], bool],
+                signal_number: int = signal.SIGTERM, timeout: float = 120) -> tuple[int, str]:
+    """Start ``command``, send it ``signal_number`` once ``started()`` holds, and return its exit status and
+    standard error. Fails if it ends or ``timeout`` seconds pass first."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not started():
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal_number)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, err

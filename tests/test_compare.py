@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 import yaml
-from helpers import interrupt_training_at
+from helpers import interrupt_training_at, signal_when
 
 from ctm_rl import compare, report
 from ctm_rl.compare import RunInterrupted
@@ -412,24 +412,10 @@ def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_
 
 
 def test_sigterm_stops_a_serial_comparison_whose_run_saves_what_it_learned(tmp_path):
-    import signal
-    import subprocess
-    import time
-
     out = tmp_path / "cmp"
     command, env = _long_comparison(out, seeds=2, workers=1)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("runs/ctm/seed0/eval/evaluations.npz")):
-            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-            time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, (process.returncode, err)
+    returncode, err = signal_when(command, env, lambda: bool(list(out.glob("runs/ctm/seed0/eval/evaluations.npz"))))
+    assert returncode == 130, (returncode, err)
     assert "Interrupted at" in err and "Interrupted: 0 of 2 runs are finished" in err and "Traceback" not in err
     assert (out / "runs" / "ctm" / "seed0" / "model.zip").exists()
 

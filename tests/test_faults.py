@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import interrupt_training_at
+from helpers import interrupt_training_at, signal_when
 from sb3_contrib import RecurrentPPO
 
 import ctm_rl.train as train_module
@@ -146,18 +146,9 @@ def test_sigterm_saves_what_was_learned_and_exits_130(tmp_path):
     run_dir = tmp_path / "CartPole-NoVel" / "ctm-seed0"
     command = [sys.executable, "-m", "ctm_rl.train", "--log-dir", str(tmp_path), "--timesteps", "100000",
                "--eval-freq", "0", "--checkpoint-freq", "0", *TINY]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _monitor_rows(run_dir):  # episodes have ended: it is training
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, (process.returncode, err)
+    # Once episodes have ended, it is training.
+    returncode, err = signal_when(command, {**os.environ, "OMP_NUM_THREADS": "1"}, lambda: bool(_monitor_rows(run_dir)))
+    assert returncode == 130, (returncode, err)
     assert "Interrupted at" in err and "Traceback" not in err
     assert saved_steps(run_dir / "model.zip") > 0  # no checkpoints: without the save, everything was lost
 
