@@ -49,7 +49,10 @@ def test_resume_after_ctrl_c_starts_from_the_interrupt_save_not_an_older_checkpo
     assert resume(run_dir, "--timesteps", "160") == 0
     timesteps, _ = _evaluations(run_dir)
     assert RecurrentPPO.load(run_dir / "model.zip").num_timesteps == 164  # 100, then two rollouts of 32
-    assert timesteps == sorted(set(timesteps)) and timesteps[:3] == [32, 64, 96] and timesteps[-1] == 164
+    # The evaluations stay on the uninterrupted run's grid, every 32 steps, not every 32 from the resume at 100.
+    assert timesteps == [32, 64, 96, 128, 160]
+    # So do the checkpoints.
+    assert sorted(saved_steps(path) for path in (run_dir / "checkpoints").glob("*.zip")) == [64, 128]
 
 
 def test_only_the_newest_checkpoints_are_kept_and_a_resume_continues_from_them(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from ctm_rl.sb3.checkpoints import named_steps
@@ -23,6 +23,13 @@ def episode_step_limit(venv: VecEnv) -> int | None:
             pass
     spec = venv.get_attr("spec", [0])[0]
     return None if spec is None or spec.max_episode_steps is None else int(spec.max_episode_steps)
+
+
+def continue_step_grid(callback: BaseCallback) -> None:
+    """Count a callback's calls from the model's current step rather than from 0, so that a resumed run keeps
+    evaluating and checkpointing at multiples of the interval (every 10,000 steps: at 80,000 after a resume at
+    74,096, not at 84,096), as an uninterrupted run does. Both count one call per step of all the envs."""
+    callback.n_calls = callback.model.num_timesteps // callback.model.get_env().num_envs
 
 
 class TimedEvalCallback(EvalCallback):
@@ -73,6 +80,7 @@ class TimedEvalCallback(EvalCallback):
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
+        continue_step_grid(self)
         self._started, self._evaluating = time.perf_counter(), 0.0
 
     def _on_training_end(self) -> None:
@@ -128,6 +136,10 @@ class RollingCheckpointCallback(CheckpointCallback):
     def __init__(self, *args, keep: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.keep = keep
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        continue_step_grid(self)
 
     def _on_step(self) -> bool:
         saved = self.n_calls % self.save_freq == 0
