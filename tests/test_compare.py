@@ -390,7 +390,7 @@ def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_
                                start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("runs/ctm/seed*/eval/evaluations.npz")):  # both workers are training
+        while len(list(out.glob("runs/ctm/seed*/eval/evaluations.npz"))) < 2:  # both workers are training
             assert time.monotonic() < deadline and process.poll() is None, process.communicate()
             time.sleep(0.5)
         interrupted = time.monotonic()
@@ -407,8 +407,8 @@ def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_
     assert "Interrupted: 0 of 4 runs are finished" in err and "Traceback" not in err
     assert not list(out.glob("runs/ctm/seed*/result.json"))
     assert len(list(out.glob("runs/ctm/seed*"))) == 2, "the queued runs never started"
-    # Each interrupted run saved what it had learned, for the next attempt to continue from.
-    assert len(list(out.glob("runs/ctm/seed*/model.zip"))) == (2 if backend == "local" else 0)
+    if backend == "local":  # each interrupted run saved what it had learned, for the next attempt to continue from
+        assert len(list(out.glob("runs/ctm/seed*/model.zip"))) == 2
 
 
 def test_sigterm_stops_a_serial_comparison_whose_run_saves_what_it_learned(tmp_path):
