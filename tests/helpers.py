@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import zipfile
+from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -81,3 +83,13 @@ def signal_when(command: list[str], env: dict[str, str], started: Callable[[], b
             process.kill()
             process.wait()
     return process.returncode, err
+
+
+def rewrite_zip_member(path: Path, name: str, rewrite: Callable[[bytes], bytes]) -> None:
+    """Replace member ``name`` of the archive at ``path`` (a saved model) with ``rewrite`` of its content."""
+    with zipfile.ZipFile(path) as archive:
+        members = {member: archive.read(member) for member in archive.namelist()}
+    members[name] = rewrite(members[name])
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, content in members.items():
+            archive.writestr(member, content)

@@ -2,12 +2,11 @@
 
 import csv
 import json
-import zipfile
 
 import numpy as np
 import pytest
 import yaml
-from helpers import interrupt_training_at, signal_when
+from helpers import interrupt_training_at, rewrite_zip_member, signal_when
 
 from ctm_rl import compare, report
 from ctm_rl.compare import RunInterrupted
@@ -204,12 +203,7 @@ def test_a_continued_run_records_the_save_it_loaded_when_a_newer_one_is_damaged(
     steps, wall_time = _evaluations(run_dir)
     # Ctrl-C's model.zip keeps a readable step count but loses its weights, so the run continues from the
     # checkpoint at 256 steps.
-    with zipfile.ZipFile(run_dir / "model.zip") as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    members["policy.pth"] = members["policy.pth"][:100]
-    with zipfile.ZipFile(run_dir / "model.zip", "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    rewrite_zip_member(run_dir / "model.zip", "policy.pth", lambda content: content[:100])
 
     assert compare.main([*RESUMABLE, "--out", str(out)]) == 0
     assert "Skipping model.zip" in capsys.readouterr().err
@@ -375,9 +369,11 @@ _RAY = pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None,
     ("local", "main process", "SIGINT"), ("local", "process group", "SIGINT"),
     # SIGTERM: kill, a batch scheduler at its time limit, a container stop.
     ("local", "main process", "SIGTERM"), ("local", "process group", "SIGTERM"),
-    pytest.param("ray", "main process", "SIGINT", marks=_RAY), pytest.param("ray", "process group", "SIGINT", marks=_RAY),
+    pytest.param("ray", "main process", "SIGINT", marks=_RAY),
+    pytest.param("ray", "process group", "SIGINT", marks=_RAY),
 ])
-def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, backend, target, signal_name):
+def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_130(tmp_path, backend, target,
+                                                                                     signal_name):
     import os
     import signal
     import subprocess

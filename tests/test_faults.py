@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import interrupt_training_at, signal_when
+from helpers import interrupt_training_at, rewrite_zip_member, signal_when
 from sb3_contrib import RecurrentPPO
 
 import ctm_rl.train as train_module
@@ -161,20 +161,17 @@ def _plant_payload(model_zip, marker):
     import base64
     import json
     import pickle
-    import zipfile
 
     class Payload:
         def __reduce__(self):
             return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
 
-    with zipfile.ZipFile(model_zip) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    data = json.loads(members["data"])
-    data["policy_kwargs"][":serialized:"] = base64.b64encode(pickle.dumps(Payload())).decode()
-    members["data"] = json.dumps(data).encode()
-    with zipfile.ZipFile(model_zip, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
+    def plant(content: bytes) -> bytes:
+        data = json.loads(content)
+        data["policy_kwargs"][":serialized:"] = base64.b64encode(pickle.dumps(Payload())).decode()
+        return json.dumps(data).encode()
+
+    rewrite_zip_member(model_zip, "data", plant)
 
 
 def test_resume_never_unpickles_a_planted_payload(tmp_path):
@@ -243,14 +240,7 @@ def test_a_damaged_file_in_a_run_folder_gets_a_clear_error_or_a_fallback(tmp_pat
         assert resume(run_dir, "--timesteps", "128") == 2
         assert "config.yaml is damaged" in capsys.readouterr().err
     else:  # a model.zip whose policy.pth is garbage: the newest checkpoint takes over
-        import zipfile
-
-        with zipfile.ZipFile(run_dir / "model.zip") as archive:
-            members = {name: archive.read(name) for name in archive.namelist()}
-        members["policy.pth"] = b"garbage"
-        with zipfile.ZipFile(run_dir / "model.zip", "w") as archive:
-            for name, content in members.items():
-                archive.writestr(name, content)
+        rewrite_zip_member(run_dir / "model.zip", "policy.pth", lambda content: b"garbage")
         assert resume(run_dir, "--timesteps", "128") == 0
         out = capsys.readouterr()
         assert "Skipping model.zip" in out.err and "Resuming from checkpoints/ctm_64_steps.zip" in out.out
