@@ -218,6 +218,18 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
         description=existing.description if config.description is None else config.description)
 
 
+def _folder_extension(requested: CompareConfig, merged: CompareConfig) -> str:
+    """The agents and seeds a comparison folder adds to the command's, in words (empty when it adds none)."""
+    parts = []
+    agents = [agent for agent in merged.agents if agent not in requested.agents]
+    if agents:
+        parts.append(("agent " if len(agents) == 1 else "agents ") + ", ".join(agents))
+    seeds = [str(seed) for seed in merged.seeds if seed not in requested.seeds]
+    if seeds:
+        parts.append(("seed " if len(seeds) == 1 else "seeds ") + ", ".join(seeds))
+    return " and ".join(parts)
+
+
 def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, TrainConfig]:
     """Every agent's training configuration (for the comparison's first seed), validated before anything trains.
 
@@ -297,7 +309,9 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
 
     if not config.agents or not config.seeds:
         raise ConfigError("A comparison needs at least one agent and one seed.")
+    requested = config
     config = _merge_existing(out, config)
+    extension = _folder_extension(requested, config)
     cores = os.cpu_count() or 1
     workers = workers or cores
     user_threads = os.environ.get("OMP_NUM_THREADS", "")
@@ -322,6 +336,9 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     if command:
         with open(out / COMMAND_FILE, "a") as file:
             file.write(command + "\n")
+    if extension:
+        print(f"{out} also holds {extension} from earlier commands: they stay part of this comparison (remove them "
+              f"from its {CONFIG_FILE} to leave them out).", flush=True)
     pending = [job for job in jobs if not (Path(job.run_dir) / RESULT_FILE).exists()]
     continuing = sum(continuable_steps(job) is not None for job in pending)
     print(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished, {len(pending)} to train"

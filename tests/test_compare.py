@@ -93,6 +93,12 @@ def test_comparison_folder_summary_and_rerun_of_one_deleted_run(tmp_path, capsys
     assert _returns(out, "lstm", 1) == deleted
     assert "4 runs: 3 finished, 1 to train" in capsys.readouterr().out
 
+    # A command naming fewer agents or seeds than the folder holds says that the folder's others stay in.
+    assert compare.main([*TINY, "--agents", "ctm", "--seeds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out} also holds agent lstm and seed 1 from earlier commands" in printed
+    assert "4 runs: 4 finished, 0 to train" in printed
+
 
 def test_report_rebuilds_without_training(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
