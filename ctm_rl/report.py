@@ -265,14 +265,17 @@ def _interval(estimate: stats.Estimate) -> str:
 
 
 def _steps_to_threshold(steps: list[float]) -> str:
-    reached = sorted(s for s in steps if not math.isnan(s))
+    reached = sum(not math.isnan(s) for s in steps)
     if not reached:
         return f"not reached (0/{len(steps)})"
-    # Runs that never reached it count as never: the median exists only if at least half did.
-    ordered = reached + [math.inf] * (len(steps) - len(reached))
-    median = float(np.median(ordered))
-    shown = f"{median:,.0f}" if math.isfinite(median) else "not reached"
-    return f"{shown} ({len(reached)}/{len(steps)})"
+    # Runs that never reached it count as never: the median (or a bound) exists only if at least half did.
+    estimate = stats.time_to_threshold_estimate(np.array(steps), BOOTSTRAP_REPS)
+
+    def shown(value: float, never: str = "never") -> str:
+        return f"{value:,.0f}" if math.isfinite(value) else never
+
+    return (f"{shown(estimate.value, 'not reached')} [{shown(estimate.low)}, {shown(estimate.high)}] "
+            f"({reached}/{len(steps)})")
 
 
 def _machines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -370,7 +373,8 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         f"- **P(> {baseline})**: the probability that a run of the agent ends with a higher final return than a run "
         "of the baseline (ties count half), with its bootstrap interval.",
         "- **Steps to threshold**: the first evaluation whose mean return reached "
-        + (f"{threshold:g}; the median over runs (runs that never did count as never), and how many reached it."
+        + (f"{threshold:g}; the median over runs (runs that never did count as never) with its bootstrap interval, "
+           "and how many reached it."
            if threshold is not None else "a threshold; none was set (`--threshold`)."),
         "- **Steps/s**: env steps per second of training, evaluations excluded; mean ± std over runs.",
         "",

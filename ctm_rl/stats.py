@@ -115,3 +115,27 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, threshold: float) -> f
     """The first step whose value is at least ``threshold``; NaN if none is."""
     reached = np.flatnonzero(np.asarray(values) >= threshold)
     return float(steps[reached[0]]) if reached.size else float("nan")
+
+
+def time_to_threshold_estimate(steps: np.ndarray, reps: int = 2000, confidence: float = 0.95,
+                               seed: int = 0) -> Estimate:
+    """The median over runs of the steps each took to reach a threshold, with a bootstrap percentile interval;
+    runs that never reached it (NaN) count as never (``inf``), so the median and either bound can be ``inf``.
+
+    The median of a resample takes few distinct values, so the bounds are read from them without interpolating
+    (the lower bound rounds down and the upper one up), which also keeps a bound between a step and never defined.
+
+    :param steps: ``(runs,)`` steps per run, NaN where the threshold was never reached.
+    :param reps: bootstrap resamples.
+    :param confidence: coverage of the interval.
+    :param seed: seed of the resampling.
+    """
+    values = np.asarray(steps, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"steps must be a non-empty (runs,) array, got shape {values.shape}.")
+    values = np.where(np.isnan(values), np.inf, values)
+    samples = median(_resample(values[:, None], reps, np.random.default_rng(seed))[..., 0])
+    tail = 100 * (1 - confidence) / 2
+    return Estimate(float(median(values)), float(np.percentile(samples, tail, method="lower")),
+                    float(np.percentile(samples, 100 - tail, method="higher")))
+

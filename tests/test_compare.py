@@ -278,10 +278,11 @@ def test_runs_honour_the_users_thread_setting(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("steps, expected", [
-    ([10.0, float("nan"), 30.0], "30 (2/3)"),
-    ([10.0, float("nan"), float("nan")], "not reached (1/3)"),
+    ([10.0, float("nan"), 30.0], "30 [10, never] (2/3)"),
+    ([10.0, float("nan"), float("nan")], "not reached [10, never] (1/3)"),
     ([float("nan")], "not reached (0/1)"),
-    ([1000.0, 3000.0], "2,000 (2/2)"),
+    ([1000.0, 3000.0], "2,000 [1,000, 3,000] (2/2)"),
+    ([2000.0] * 4, "2,000 [2,000, 2,000] (4/4)"),
 ])
 def test_steps_to_threshold_counts_unreached_runs_as_never(steps, expected):
     assert report._steps_to_threshold(steps) == expected

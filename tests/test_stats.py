@@ -96,3 +96,36 @@ def test_first_reaching():
     steps = np.array([10, 20, 30, 40])
     assert stats.first_reaching(steps, np.array([1, 5, 3, 9]), 5) == 20
     assert np.isnan(stats.first_reaching(steps, np.array([1, 2, 3, 4]), 5))
+
+
+def test_time_to_threshold_counts_runs_that_never_reached_it_as_never():
+    nan = float("nan")
+    assert stats.time_to_threshold_estimate(np.array([30.0, nan, 10.0])).value == 30.0
+    assert stats.time_to_threshold_estimate(np.array([30.0, nan, nan])).value == np.inf
+    assert stats.time_to_threshold_estimate(np.array([nan, nan])) == (np.inf, np.inf, np.inf)
+    assert stats.time_to_threshold_estimate(np.array([20.0] * 5)) == (20.0, 20.0, 20.0)
+
+
+def test_time_to_threshold_bounds_are_medians_of_resamples_not_interpolations():
+    steps = np.array([100.0, 200.0, 300.0, 400.0, float("nan"), 600.0, 700.0])
+    estimate = stats.time_to_threshold_estimate(steps, reps=500, seed=2)
+    # An odd number of runs: every resample's median is one of the runs' values (or never).
+    assert {estimate.low, estimate.high} <= {100.0, 200.0, 300.0, 400.0, 600.0, 700.0, np.inf}
+    assert estimate.low <= estimate.value == 400.0 <= estimate.high < np.inf
+    # With three runs of seven never reaching it, about four resamples in ten have a median of never.
+    steps[[0, 1]] = float("nan")
+    estimate = stats.time_to_threshold_estimate(steps, reps=500, seed=2)
+    assert (estimate.value, estimate.high) == (700.0, np.inf) and estimate.low in {300.0, 400.0, 600.0}
+
+
+def test_time_to_threshold_interval_has_close_to_nominal_coverage():
+    # Exponential times with a quarter of the runs never reaching the threshold: the true median (never counting
+    # as infinite) is the exponential's 2/3 quantile, ln 3.
+    rng = np.random.default_rng(7)
+    covered = 0
+    for trial in range(200):
+        steps = rng.exponential(size=41)
+        steps[rng.random(41) < 0.25] = np.nan
+        estimate = stats.time_to_threshold_estimate(steps, reps=500, seed=trial)
+        covered += estimate.low <= np.log(3.0) <= estimate.high
+    assert 0.88 <= covered / 200 <= 1.0
