@@ -57,6 +57,9 @@ class AgentSummary:
     improvement: stats.Estimate | None
     """P(this agent > the baseline); ``None`` for the baseline itself."""
     steps_per_second: list[float]
+    sooner: stats.Estimate | None = None
+    """P(a run of this agent reaches the threshold in fewer steps than a run of the baseline); ``None`` for the
+    baseline itself, or without a threshold."""
 
 
 def load_comparison(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, Any]]]]:
@@ -104,16 +107,34 @@ def summarise(config: CompareConfig, runs: dict[str, list[dict[str, Any]]]) -> l
         improvement = None
         if agent != baseline and baseline in runs:
             improvement = stats.improvement_estimate(scores, final_returns(runs[baseline]), BOOTSTRAP_REPS)
-        to_threshold = [stats.first_reaching(np.array(r["evaluations"]["step"]), np.array(r["evaluations"]["return_mean"]),
-                                             threshold) if threshold is not None else math.nan for r in results]
+        to_threshold = _steps_to_reach(results, threshold)
+        sooner = None
+        if improvement is not None and threshold is not None:
+            # Fewer steps is better and never is worst: compare the negated steps, never counting as -inf.
+            sooner = stats.improvement_estimate(-_never_as_inf(to_threshold),
+                                                -_never_as_inf(_steps_to_reach(runs[baseline], threshold)),
+                                                BOOTSTRAP_REPS)
         summaries.append(AgentSummary(
             agent=agent, runs=len(results), parameters=results[0]["parameters"],
             iqm=stats.interval_estimate(scores, stats.iqm, BOOTSTRAP_REPS),
             mean=stats.interval_estimate(scores, stats.mean, BOOTSTRAP_REPS),
             median=stats.interval_estimate(scores, stats.median, BOOTSTRAP_REPS),
             steps_to_threshold=to_threshold, improvement=improvement,
-            steps_per_second=[r["steps_per_second"] for r in results]))
+            steps_per_second=[r["steps_per_second"] for r in results], sooner=sooner))
     return summaries
+
+
+def _steps_to_reach(results: list[dict[str, Any]], threshold: float | None) -> list[float]:
+    """Each run's first evaluation step at or above ``threshold``; NaN where none is (or no threshold is set)."""
+    if threshold is None:
+        return [math.nan] * len(results)
+    return [stats.first_reaching(np.array(r["evaluations"]["step"]), np.array(r["evaluations"]["return_mean"]),
+                                 threshold) for r in results]
+
+
+def _never_as_inf(steps: list[float]) -> np.ndarray:
+    values = np.array(steps, dtype=float)
+    return np.where(np.isnan(values), np.inf, values)
 
 
 # --- CSV ----------------------------------------------------------------------------------------------------------
@@ -399,6 +420,10 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         lines.append(f"| {s.agent} | {s.parameters:,} | {s.runs} | {_interval(s.iqm)} | {_interval(s.mean)} | "
                      f"{_interval(s.median)} | {improvement} | {_steps_to_threshold(s.steps_to_threshold)} | "
                      f"{sps.mean():,.0f} ± {sps.std():,.0f} |")
+    sooner = [f"{s.agent} {_interval(s.sooner)}" for s in summaries if s.sooner is not None]
+    if sooner:
+        lines += ["", f"P(a run reaches {threshold:g} in fewer steps than a run of {baseline}), runs that never reach "
+                  f"it counting as never and ties as half, with its bootstrap interval: {'; '.join(sooner)}."]
     lines += ["", "Settings per agent (preset with overrides, as trained):", "",
               "| agent | algorithm | policy |", "|---|---|---|"]
     for agent, results in runs.items():

@@ -497,3 +497,30 @@ def test_the_summary_says_which_agents_trained_on_scaled_rewards(tmp_path):
     settings = [line for line in (out / "summary.md").read_text().splitlines() if "learning_rate=" in line]
     assert [line.split(" | ")[0] for line in settings] == ["| ctm:normalize_reward=true", "| lstm"]
     assert [("normalize_reward=true" in line) for line in settings] == [True, False]
+
+
+def _record(steps_to_reach):
+    """A finished run's record whose evaluations first reach 1.0 at ``steps_to_reach`` (never if None)."""
+    steps = [100, 200, 300, 400]
+    returns = [1.0 if steps_to_reach is not None and step >= steps_to_reach else 0.0 for step in steps]
+    return {"evaluations": {"step": steps, "return_mean": returns}, "parameters": 10, "steps_per_second": 1.0,
+            "algo": {}, "policy": "ctm", "policy_kwargs": {},
+            "machine": {"processor": "cpu", "cores": 1, "torch": "2", "torch_threads": 1, "device": "cpu"}}
+
+
+@pytest.mark.parametrize("agent_steps, baseline_steps, expected", [
+    ([100, None], [200, 300], 0.5),       # 100 beats both, never loses to both
+    ([100, 200], [300, None], 1.0),
+    ([300, 300], [300, 300], 0.5),         # ties count half
+    ([None, None], [400, None], 0.25),     # never against never is a tie
+])
+def test_probability_of_reaching_the_threshold_sooner_than_the_baseline(agent_steps, baseline_steps, expected):
+    config = CompareConfig(agents=["ctm", "lstm"], seeds=[0, 1], threshold=1.0)
+    runs = {"ctm": [_record(s) for s in agent_steps], "lstm": [_record(s) for s in baseline_steps]}
+    summaries = {s.agent: s for s in report.summarise(config, runs)}
+    assert summaries["ctm"].sooner.value == pytest.approx(expected)
+    assert summaries["ctm"].sooner.low <= expected <= summaries["ctm"].sooner.high
+    assert summaries["lstm"].sooner is None
+    text = report.summary_markdown(config, runs, list(summaries.values()))
+    assert f"fewer steps than a run of lstm), runs that never reach it counting as never and ties as half, with its " \
+           f"bootstrap interval: ctm {expected:.3g} [" in text
