@@ -73,10 +73,30 @@ def load_comparison(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, 
     config = read_comparison_config(out)
     runs: dict[str, list[dict[str, Any]]] = {}
     for agent, _, run_dir in finished_runs(out, config):
-        runs.setdefault(agent, []).append(json.loads((run_dir / RESULT_FILE).read_text()))
+        record = json.loads((run_dir / RESULT_FILE).read_text())
+        if "n_envs" not in record:
+            record.update(_rollout_settings(run_dir))
+        runs.setdefault(agent, []).append(record)
     if not runs:
         raise ConfigError(f"{out} holds no finished run yet. Fix: run the comparison (without --report) first.")
     return config, runs
+
+
+def _rollout_settings(run_dir: Path) -> dict[str, Any]:
+    """``n_envs`` and ``max_steps`` of a run whose record predates them, from its saved config (none if it has
+    none)."""
+    import yaml
+
+    from ctm_rl.train import CONFIG_FILE as RUN_CONFIG_FILE
+
+    path = run_dir / RUN_CONFIG_FILE
+    try:
+        saved = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict):
+        return {}
+    return {name: saved[name] for name in ("n_envs", "max_steps") if name in saved}
 
 
 def threshold_of(config: CompareConfig) -> float | None:
@@ -425,11 +445,12 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         lines += ["", f"P(a run reaches {threshold:g} in fewer steps than a run of {baseline}), runs that never reach "
                   f"it counting as never and ties as half, with its bootstrap interval: {'; '.join(sooner)}."]
     lines += ["", "Settings per agent (preset with overrides, as trained):", "",
-              "| agent | algorithm | policy |", "|---|---|---|"]
+              "| agent | rollout and algorithm | policy |", "|---|---|---|"]
     for agent, results in runs.items():
         # Records written before rewards could be scaled have no "normalize_reward": they trained on the env's own.
         scaled = ["normalize_reward=true"] if results[0].get("normalize_reward") else []
-        algo = ", ".join(scaled + [f"{k}={v}" for k, v in results[0]["algo"].items()])
+        rollout = [f"{name}={results[0][name]}" for name in ("n_envs", "max_steps") if results[0].get(name) is not None]
+        algo = ", ".join(rollout + scaled + [f"{k}={v}" for k, v in results[0]["algo"].items()])
         # Records written before presets named their policy kind hold the keyword arguments under "policy".
         kwargs = results[0].get("policy_kwargs", results[0]["policy"])
         policy = ", ".join(f"{k}={v}" for k, v in kwargs.items())
@@ -491,16 +512,33 @@ def write_report(out: Path) -> Path:
     return out / "summary.md"
 
 
+def _copy_comparison(out: Path, config: CompareConfig, dest: Path) -> None:
+    """The comparison's plots and tables, and what rebuilds them (its settings, commands and each finished run's
+    record and config, not its models or logs), into ``dest``: the numbers travel with the page, and
+    ``--report dest`` rebuilds its section."""
+    from ctm_rl.train import CONFIG_FILE as RUN_CONFIG_FILE
+
+    for name in [*PLOTS, *TABLES, CONFIG_FILE, COMMAND_FILE]:
+        if (out / name).exists():
+            shutil.copyfile(out / name, dest / name)
+    for _, _, run_dir in finished_runs(out, config):
+        copy = dest / run_dir.relative_to(out)
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in (RESULT_FILE, RUN_CONFIG_FILE):
+            if (run_dir / name).exists():
+                shutil.copyfile(run_dir / name, copy / name)
+
+
 def write_page(folders: list[Path], page: Path) -> Path:
-    """One markdown page covering several comparisons (rebuilt first), their plots and CSVs copied beside it
-    into ``<page stem>/<folder name>/``."""
+    """One markdown page covering several comparisons (rebuilt first), their plots, CSVs and run records copied
+    beside it into ``<page stem>/<folder name>/``, from which the page can be rebuilt without the originals."""
     sections = []
     for out in folders:
         config, runs, summaries = _build_report(out)
         images = page.parent / page.stem / out.name
         images.mkdir(parents=True, exist_ok=True)
-        for name in [*PLOTS, *TABLES]:  # the numbers travel with the page
-            shutil.copyfile(out / name, images / name)
+        if images.resolve() != out.resolve():  # a page rebuilt from its own copies has them already
+            _copy_comparison(out, config, images)
         sections.append(summary_markdown(config, runs, summaries, images=f"{page.stem}/{out.name}/", heading="##",
                                          command=_command(out)))
     header = ["# Results: CTM vs LSTM", "",

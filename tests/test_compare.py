@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def test_comparison_folder_summary_and_rerun_of_one_deleted_run(tmp_path, capsys
     assert f"{params['ctm']:,}" in ctm_row and f"| {finals['ctm'].mean():.3g} [" in ctm_row
     assert next(line for line in summary.splitlines() if line.startswith("| lstm |")).count("baseline") == 1
     assert "P(> lstm)" in summary and "![" in summary
+    assert "| ctm | n_envs=8, normalize_reward=true, " in summary, "the settings table names each agent's rollout"
 
     # Deleting one run's result retrains exactly that run, and gives the same curve (seeded runs).
     kept = (out / "runs" / "ctm" / "seed0" / "result.json").read_bytes()
@@ -106,6 +108,11 @@ def test_report_rebuilds_without_training(tmp_path, monkeypatch):
                          "--description", "Why this budget."]) == 0
     for name in ("summary.md", "curves.csv", "curves_steps.png", "aggregates.png"):
         (out / name).unlink()
+    # A record written before runs recorded their rollout settings takes them from the run's config.yaml.
+    record_path = out / "runs" / "ctm" / "seed0" / "result.json"
+    record = json.loads(record_path.read_text())
+    assert (record.pop("n_envs"), record.pop("max_steps")) == (8, None)
+    record_path.write_text(json.dumps(record))
 
     def no_training(job):
         raise AssertionError("--report must not train")
@@ -115,9 +122,18 @@ def test_report_rebuilds_without_training(tmp_path, monkeypatch):
     assert (out / "summary.md").exists() and (out / "curves_steps.png").exists()
     page = (tmp_path / "docs" / "results.md").read_text()
     assert "## ctm vs lstm on CartPole-NoVel\n\nWhy this budget." in page
+    assert "| ctm | n_envs=8, normalize_reward=true, " in page
     assert "](results/cmp/curves_steps.png)" in page
     assert (tmp_path / "docs" / "results" / "cmp" / "aggregates.png").exists()
     assert (tmp_path / "docs" / "results" / "cmp" / "runs.csv").exists()
+
+    # The copies beside the page rebuild it once the comparison folder (models, logs) is gone.
+    shutil.rmtree(out)
+    copy = tmp_path / "docs" / "results" / "cmp"
+    assert not list(copy.rglob("model.zip"))
+    assert compare.main(["--report", str(copy), "--page", str(tmp_path / "docs" / "results.md")]) == 0
+    rebuilt = (tmp_path / "docs" / "results.md").read_text()
+    assert rebuilt.split("\n", 3)[3] == page.split("\n", 3)[3], "the same page but for the command that made it"
 
 
 def test_extending_a_folder_with_other_run_settings_is_refused(tmp_path, capsys):
