@@ -174,7 +174,9 @@ def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             for i, step in enumerate(e["step"]):
                 rows.append({"agent": agent, "seed": run["seed"], "step": step, "return_mean": e["return_mean"][i],
                              "return_std": e["return_std"][i], "length_mean": e["length_mean"][i],
-                             "episodes": len(e["returns"][i]), "wall_time_s": round(e["wall_time_s"][i], 3),
+                             # A record rebuilt from exported tables holds episode counts, not every return.
+                             "episodes": len(e["returns"][i]) if "returns" in e else e["episodes"][i],
+                             "wall_time_s": round(e["wall_time_s"][i], 3),
                              "train_time_s": round(e["train_time_s"][i], 3),
                              "steps_per_second": round(step / e["train_time_s"][i], 1),
                              # Records written before the time-limit share was recorded have none.
