@@ -184,7 +184,8 @@ def test_a_log_dir_that_is_a_file_gets_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("agent, env, n_envs, expected", [
-    ("ctm", "MiniGrid-FourRooms", 2, 128),  # 16 envs x 128 steps in 2 minibatches of 1024 -> 2 x 128 in 2 of 128
+    ("ctm", "MiniGrid-FourRooms", 2, 64),  # 32 envs x 128 steps in 4 minibatches of 1024 -> 2 x 128 in 4 of 64
+    ("lstm", "MiniGrid-FourRooms", 2, 128),  # 16 envs x 128 steps in 2 minibatches of 1024 -> 2 x 128 in 2 of 128
     ("lstm", "CartPole-NoVel", 4, 128),  # 8 x 32 in 1 of 256 -> 4 x 32 in 1 of 128
 ])
 def test_fewer_envs_keep_the_presets_minibatches_per_epoch(capsys, agent, env, n_envs, expected):
