@@ -166,7 +166,8 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
         "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
         "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
-        "n_envs": config.n_envs, "max_steps": config.max_steps, "normalize_reward": config.normalize_reward, "tuning": tuning, "resumed_at": resumed_at,
+        "n_envs": config.n_envs, "max_steps": config.max_steps, "normalize_reward": config.normalize_reward,
+        "tuning": tuning, "resumed_at": resumed_at,
         "evaluations": evaluations,
     }
 
