@@ -34,6 +34,9 @@ from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, CompareConfig, 
 from ctm_rl.errors import ConfigError
 
 BOOTSTRAP_REPS = 2000
+
+ROLLOUT_SETTINGS = ("n_envs", "max_steps")
+"""The run settings a record carries besides its algorithm and policy arguments, shown with the algorithm's."""
 PLOTS = {"curves_steps.png": "IQM evaluation return against environment steps",
          "curves_wall.png": "IQM evaluation return against wall-clock time",
          "aggregates.png": "Final return and probability of improvement, 95% intervals"}
@@ -96,7 +99,7 @@ def _rollout_settings(run_dir: Path) -> dict[str, Any]:
         saved = None
     if not isinstance(saved, dict):
         return {}
-    return {name: saved[name] for name in ("n_envs", "max_steps") if name in saved}
+    return {name: saved[name] for name in ROLLOUT_SETTINGS if name in saved}
 
 
 def threshold_of(config: CompareConfig) -> float | None:
@@ -121,6 +124,7 @@ def final_returns(results: list[dict[str, Any]]) -> np.ndarray:
 def summarise(config: CompareConfig, runs: dict[str, list[dict[str, Any]]]) -> list[AgentSummary]:
     baseline = config.baseline_agent()
     threshold = threshold_of(config)
+    baseline_steps = _steps_to_reach(runs[baseline], threshold) if baseline in runs else None
     summaries = []
     for agent, results in runs.items():
         scores = final_returns(results)
@@ -131,8 +135,7 @@ def summarise(config: CompareConfig, runs: dict[str, list[dict[str, Any]]]) -> l
         sooner = None
         if improvement is not None and threshold is not None:
             # Fewer steps is better and never is worst: compare the negated steps, never counting as -inf.
-            sooner = stats.improvement_estimate(-_never_as_inf(to_threshold),
-                                                -_never_as_inf(_steps_to_reach(runs[baseline], threshold)),
+            sooner = stats.improvement_estimate(-stats.never_as_inf(to_threshold), -stats.never_as_inf(baseline_steps),
                                                 BOOTSTRAP_REPS)
         summaries.append(AgentSummary(
             agent=agent, runs=len(results), parameters=results[0]["parameters"],
@@ -150,11 +153,6 @@ def _steps_to_reach(results: list[dict[str, Any]], threshold: float | None) -> l
         return [math.nan] * len(results)
     return [stats.first_reaching(np.array(r["evaluations"]["step"]), np.array(r["evaluations"]["return_mean"]),
                                  threshold) for r in results]
-
-
-def _never_as_inf(steps: list[float]) -> np.ndarray:
-    values = np.array(steps, dtype=float)
-    return np.where(np.isnan(values), np.inf, values)
 
 
 # --- CSV ----------------------------------------------------------------------------------------------------------
@@ -451,7 +449,7 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     for agent, results in runs.items():
         # Records written before rewards could be scaled have no "normalize_reward": they trained on the env's own.
         scaled = ["normalize_reward=true"] if results[0].get("normalize_reward") else []
-        rollout = [f"{name}={results[0][name]}" for name in ("n_envs", "max_steps") if results[0].get(name) is not None]
+        rollout = [f"{name}={results[0][name]}" for name in ROLLOUT_SETTINGS if results[0].get(name) is not None]
         algo = ", ".join(rollout + scaled + [f"{k}={v}" for k, v in results[0]["algo"].items()])
         # Records written before presets named their policy kind hold the keyword arguments under "policy".
         kwargs = results[0].get("policy_kwargs", results[0]["policy"])

@@ -117,6 +117,12 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, threshold: float) -> f
     return float(steps[reached[0]]) if reached.size else float("nan")
 
 
+def never_as_inf(steps: np.ndarray) -> np.ndarray:
+    """Steps to a threshold with the runs that never reached it (NaN) as ``inf``, so that they order last."""
+    values = np.asarray(steps, dtype=float)
+    return np.where(np.isnan(values), np.inf, values)
+
+
 def time_to_threshold_estimate(steps: np.ndarray, reps: int = 2000, confidence: float = 0.95,
                                seed: int = 0) -> Estimate:
     """The median over runs of the steps each took to reach a threshold, with a bootstrap percentile interval;
@@ -130,10 +136,9 @@ def time_to_threshold_estimate(steps: np.ndarray, reps: int = 2000, confidence: 
     :param confidence: coverage of the interval.
     :param seed: seed of the resampling.
     """
-    values = np.asarray(steps, dtype=float)
+    values = never_as_inf(steps)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"steps must be a non-empty (runs,) array, got shape {values.shape}.")
-    values = np.where(np.isnan(values), np.inf, values)
     samples = median(_resample(values[:, None], reps, np.random.default_rng(seed))[..., 0])
     tail = 100 * (1 - confidence) / 2
     return Estimate(float(median(values)), float(np.percentile(samples, tail, method="lower")),
