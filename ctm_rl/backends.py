@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence, TypeVar
 
 from ctm_rl.errors import ConfigError
+from ctm_rl.interrupts import request_stop, stop_requested
 
 Job = TypeVar("Job")
 Work = Callable[[Job], Any]
@@ -22,8 +23,8 @@ OnResult = Callable[[Job, Any], None]
 OnError = Callable[[Job, BaseException], None]
 
 
-# A pool worker's interrupt state: whether an interrupt arrived, and whether a job is running to take it.
-_interrupted = False
+# Whether a pool worker is running a job that an interrupt should stop (the interrupt itself is a stop request
+# of ctm_rl.interrupts, which the job's training also checks at every step).
 _running = False
 
 
@@ -48,9 +49,8 @@ def _stop_when_orphaned(parent: int, every: float = 2.0, grace: float = 15.0) ->
 def _on_interrupt(signum, frame) -> None:
     """The first interrupt stops the running job (which saves what it learned); a second one, as when Ctrl-C
     reaches the worker both from the terminal and from the comparison, must not break into that save."""
-    global _interrupted
-    first = not _interrupted
-    _interrupted = True
+    first = not stop_requested()
+    request_stop()
     if first and _running:
         raise KeyboardInterrupt
 
@@ -58,7 +58,7 @@ def _on_interrupt(signum, frame) -> None:
 def _call(work: Work, job: Job) -> Any:
     """``work(job)`` in a pool worker; once the worker was interrupted, queued jobs end at once, unstarted."""
     global _running
-    if _interrupted:
+    if stop_requested():
         raise KeyboardInterrupt("interrupted before it started")
     _running = True
     try:

@@ -1,6 +1,11 @@
 """Stopping a command from outside. SIGTERM, what ``kill``, batch schedulers at their time limit and container
 stops send, is handled like Ctrl-C: the running training saves what it learned and the command ends with
-status 130, instead of dying with everything since the last checkpoint lost."""
+status 130, instead of dying with everything since the last checkpoint lost.
+
+An interrupt is also remembered as a stop request (:func:`stop_requested`), which training checks at every step
+(:class:`ctm_rl.sb3.callbacks.StopOnRequest`): the :class:`KeyboardInterrupt` a handler raises can be lost, for
+example when it lands in code that discards exceptions, and later signals are ignored so as not to break into the
+save the first one started, so without the request such a run would train on to its budget."""
 
 from __future__ import annotations
 
@@ -11,25 +16,40 @@ from typing import Any, Callable, TypeVar
 
 Main = TypeVar("Main", bound=Callable[..., Any])
 
-_stopping = False
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """Ask the running training, and any this process starts after it, to stop and save."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def stop_requested() -> bool:
+    """Whether an interrupt asked this process to stop."""
+    return _stop_requested
+
+
+def clear_stop_request() -> None:
+    """Forget a stop request (a command that handled its interrupt and returns)."""
+    global _stop_requested
+    _stop_requested = False
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    global _stopping
-    if _stopping:
+    if stop_requested():
         return  # a repeated signal must not break into the save the first one started
-    _stopping = True
+    request_stop()
     raise KeyboardInterrupt
 
 
 def terminate_as_interrupt(main: Main) -> Main:
     """Decorate a command's ``main`` so that, while it runs, SIGTERM raises :class:`KeyboardInterrupt` in it as
-    Ctrl-C does; the previous handler is restored when it returns. Outside the main thread, where Python
-    cannot handle signals, ``main`` runs unchanged."""
+    Ctrl-C does and requests a stop; the previous handler is restored, and the request forgotten, when it returns.
+    Outside the main thread, where Python cannot handle signals, ``main`` runs unchanged."""
 
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        global _stopping
         if threading.current_thread() is not threading.main_thread():
             return main(*args, **kwargs)
         previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -37,6 +57,6 @@ def terminate_as_interrupt(main: Main) -> Main:
             return main(*args, **kwargs)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            _stopping = False
+            clear_stop_request()
 
     return wrapped  # type: ignore[return-value]

@@ -28,8 +28,8 @@ from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.envs.normalization import normalize_rewards, unnormalized_twin
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.interrupts import terminate_as_interrupt
-from ctm_rl.sb3.callbacks import RollingCheckpointCallback, TimedEvalCallback, episode_step_limit
+from ctm_rl.interrupts import stop_requested, terminate_as_interrupt
+from ctm_rl.sb3.callbacks import RollingCheckpointCallback, StopOnRequest, TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
 
@@ -136,9 +136,10 @@ def new_run_dir(config: TrainConfig) -> tuple[Path, Path]:
 
 def make_callbacks(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resumed_at: int | None = None,
                    after_eval: BaseCallback | None = None) -> list[BaseCallback]:
-    """Checkpoints and evaluations; ``resumed_at`` (the resumed model's steps) continues earlier evaluations, and
-    ``after_eval`` runs after each evaluation (SB3's ``callback_after_eval``; returning False stops training)."""
-    callbacks: list[BaseCallback] = []
+    """A stop on interrupt, checkpoints and evaluations; ``resumed_at`` (the resumed model's steps) continues earlier
+    evaluations, and ``after_eval`` runs after each evaluation (SB3's ``callback_after_eval``; returning False stops
+    training)."""
+    callbacks: list[BaseCallback] = [StopOnRequest()]
     if config.checkpoint_freq > 0:
         callbacks.append(RollingCheckpointCallback(max(config.checkpoint_freq // config.n_envs, 1),
                                                    str(run_dir / "checkpoints"), name_prefix=config.agent_name,
@@ -223,11 +224,14 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
             return model
         if resume:
             record_resume(run_dir, model.num_timesteps)
+        interrupted = False
         try:
             callbacks = make_callbacks(config, env, run_dir, model.num_timesteps if resume else None, after_eval)
             model.learn(remaining, callback=callbacks,
                         tb_log_name="ppo", reset_num_timesteps=not resume, progress_bar=config.progress_bar)
         except KeyboardInterrupt:
+            interrupted = True
+        if interrupted or stop_requested():
             print(f"\nInterrupted at {model.num_timesteps} steps; saving the model.", file=sys.stderr)
         model.save(run_dir / MODEL_FILE)
         print(f"Saved {run_dir / MODEL_FILE} ({model.num_timesteps} steps).")

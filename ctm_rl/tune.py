@@ -166,9 +166,11 @@ def objective(config: TuneConfig, study_dir: Path, space: dict[str, dict[str, An
             run_dir.mkdir(parents=True, exist_ok=True)
             report = _pruning_callback(trial, seed * evaluations_per_seed)
             env = resolve_env(train_config.env, train_config.mask_velocity, train_config.env_module)
-            train(train_config, env, run_dir, after_eval=report)
+            model = train(train_config, env, run_dir, after_eval=report)
             if report.pruned:
                 raise optuna.TrialPruned()
+            if model.num_timesteps < train_config.timesteps:
+                raise KeyboardInterrupt  # interrupted (train saved it): not a result, and the study stops here
             if not report.returns:
                 raise ConfigError("A trial ran no evaluation. Fix: --eval-freq below --timesteps.")
             finals.append(report.returns[-1])

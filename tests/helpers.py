@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -52,14 +53,17 @@ def collect_rollout(model: RecurrentPPO) -> None:
     assert model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
 
 
-def interrupt_training_at(monkeypatch, steps: int) -> None:
-    """Make every run of the training command raise KeyboardInterrupt (as Ctrl-C does) once it reaches ``steps``."""
+def interrupt_training_at(monkeypatch, steps: int, signal_number: int | None = None) -> None:
+    """Make every run of the training command raise KeyboardInterrupt (as Ctrl-C does) once it reaches ``steps``,
+    or send this process ``signal_number`` there."""
     import ctm_rl.train as train_module
 
     class Interrupt(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps >= steps:
-                raise KeyboardInterrupt
+                if signal_number is None:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal_number)
             return True
 
     make_callbacks = train_module.make_callbacks

@@ -1,5 +1,6 @@
 """Faults and resumes: nothing a run saved is lost, and resume continues from the newest saved state."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 from helpers import interrupt_training_at, rewrite_zip_member, signal_when
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 import ctm_rl.train as train_module
+from ctm_rl import backends
+from ctm_rl.interrupts import clear_stop_request
 from ctm_rl.sb3.checkpoints import saved_steps
 
 TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
@@ -154,6 +158,49 @@ def test_sigterm_saves_what_was_learned_and_exits_130(tmp_path):
     assert returncode == 130, (returncode, err)
     assert "Interrupted at" in err and "Traceback" not in err
     assert saved_steps(run_dir / "model.zip") > 0  # no checkpoints: without the save, everything was lost
+
+
+def _lose_an_interrupt_at(monkeypatch, steps, interrupt):
+    """Make the training command's run call ``interrupt()`` once it reaches ``steps``, inside code that discards
+    the KeyboardInterrupt the interrupt raises, as code that swallows exceptions would."""
+
+    class LostInterrupt(BaseCallback):
+        sent = False
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= steps and not self.sent:
+                self.sent = True
+                with contextlib.suppress(KeyboardInterrupt):
+                    interrupt()
+                    time.sleep(5)  # a signal's handler runs here
+            return True
+
+    make_callbacks = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a: make_callbacks(*a) + [LostInterrupt()])
+
+
+def _sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _pool_worker_interrupt(monkeypatch) -> None:
+    monkeypatch.setattr(backends, "_running", True)  # the worker's job is running: its handler raises
+    backends._on_interrupt(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("source", ["SIGTERM", "pool worker"])
+def test_an_interrupt_whose_exception_is_lost_still_stops_the_run_which_saves(tmp_path, monkeypatch, source):
+    # Signals after the first are ignored so as not to break into the save it started, so a first interrupt whose
+    # exception was swallowed must still stop the run: otherwise it trains on to its budget, and a harder kill
+    # then loses everything since the last checkpoint.
+    interrupt = _sigterm if source == "SIGTERM" else lambda: _pool_worker_interrupt(monkeypatch)
+    _lose_an_interrupt_at(monkeypatch, 40, interrupt)
+    try:
+        assert run(tmp_path, "--timesteps", "5000", "--eval-freq", "0", "--checkpoint-freq", "0", *TINY) == 130
+    finally:
+        clear_stop_request()  # the pool worker's request outlives the command, as it does in the worker
+    steps = saved_steps(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "model.zip")
+    assert 40 <= steps <= 40 + 2 * 16  # stopped within the rollout the interrupt came in
 
 
 def _plant_payload(model_zip, marker):

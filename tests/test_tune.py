@@ -1,13 +1,17 @@
 """python -m ctm_rl.tune: a study in SQLite with pruning, resuming it, and the saved preset training."""
 
+import signal
+
 import pytest
 import yaml
+from helpers import interrupt_training_at
 
 optuna = pytest.importorskip("optuna")
 
 import ctm_rl.train as train_module  # noqa: E402
 from ctm_rl import tune  # noqa: E402
 from ctm_rl.config import preset_file  # noqa: E402
+from ctm_rl.sb3.checkpoints import saved_steps  # noqa: E402
 
 SMALL = dict(n_envs=2, algo=dict(n_steps=16, batch_size=32, n_epochs=1),
              policy_kwargs=dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3))
@@ -61,6 +65,18 @@ def test_a_study_prunes_resumes_and_its_best_preset_trains(tmp_path, tiny_agent)
                               "--eval-freq", "0", "--checkpoint-freq", "0", "--no-progress-bar"]) == 0
     config = yaml.safe_load((tmp_path / "runs" / "CartPole-NoVel" / "tuned-seed0" / "config.yaml").read_text())
     assert config["max_steps"] == 200 and config["policy_kwargs"]["d_model"] == 16
+
+
+def test_sigterm_during_a_trial_stops_the_study_without_making_the_cut_run_a_result(tmp_path, tiny_agent, monkeypatch):
+    # The trial's training saves and stops at the interrupt; its evaluation at 32 steps must not become the value
+    # of a finished trial, and the study must not go on to its next trial.
+    interrupt_training_at(monkeypatch, 40, signal_number=signal.SIGTERM)
+    study_dir = tmp_path / "study"
+    assert tune.main(["--agent", str(tiny_agent), "--trials", "2", "--timesteps", "96", "--eval-freq", "32",
+                      "--eval-episodes", "2", "--startup-trials", "1", "--out", str(study_dir)]) == 130
+    study = tune.open_study(_config(tiny_agent, 0), f"sqlite:///{study_dir / 'study.db'}", "CartPole-NoVel-tiny")
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.FAIL]
+    assert saved_steps(study_dir / "trials" / "trial0" / "seed0" / "model.zip") < 96
 
 
 def test_bad_search_spaces_and_settings_are_refused_up_front(tmp_path, tiny_agent, capsys):

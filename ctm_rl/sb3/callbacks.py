@@ -1,5 +1,5 @@
-"""Training callbacks: evaluations that also record how long training took to get there, and checkpoints that
-keep only the newest few."""
+"""Training callbacks: evaluations that also record how long training took to get there, checkpoints that
+keep only the newest few, and a stop when an interrupt asked for one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
+from ctm_rl.interrupts import stop_requested
 from ctm_rl.sb3.checkpoints import named_steps
 
 
@@ -30,6 +31,14 @@ def continue_step_grid(callback: BaseCallback) -> None:
     evaluating and checkpointing at multiples of the interval (every 10,000 steps: at 80,000 after a resume at
     74,096, not at 84,096), as an uninterrupted run does. Both count one call per step of all the envs."""
     callback.n_calls = callback.model.num_timesteps // callback.model.get_env().num_envs
+
+
+class StopOnRequest(BaseCallback):
+    """Ends training at the next step once an interrupt has requested a stop (:mod:`ctm_rl.interrupts`), so that
+    the run saves and ends even where the interrupt's own exception was lost."""
+
+    def _on_step(self) -> bool:
+        return not stop_requested()
 
 
 class TimedEvalCallback(EvalCallback):
