@@ -76,9 +76,11 @@ def _what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def continuable_steps(job: RunJob) -> int | None:
-    """The steps of the newest readable save an unfinished earlier attempt at ``job`` left in its folder, if the
-    attempt trained the same configuration (only device, progress bar and checkpoint interval may differ);
-    ``None`` if the run must start from scratch, as every run does in a comparison without checkpoints."""
+    """The steps of the newest readable save an earlier attempt at ``job`` left in its folder without a record, if
+    the attempt trained the same configuration (only device, progress bar and checkpoint interval may differ);
+    ``None`` if the run must start from scratch, as every run does in a comparison without checkpoints. A save
+    may hold the whole budget: the attempt finished training, but the comparison stopped before writing its
+    record."""
     from ctm_rl.sb3.checkpoints import saved_steps, saves_newest_first
     from ctm_rl.train import CONFIG_FILE as RUN_CONFIG_FILE, read_run_config
 
@@ -96,7 +98,7 @@ def continuable_steps(job: RunJob) -> int | None:
             steps = saved_steps(path)
         except CtmRlError:
             continue  # a damaged save (a write cut short): the next newest may do
-        return steps if 0 < steps < job.config["timesteps"] else None
+        return steps if steps > 0 else None
     return None
 
 
@@ -144,8 +146,11 @@ def execute_run(job: RunJob) -> dict[str, Any]:
     # The steps train() continued from: the newest save that loaded, which may be older than continue_from when a
     # newer one turned out damaged.
     resumed_at = resumed_steps(run_dir)
-    earlier_wall_time = _wall_time_until(run_dir, resumed_at[-1]) if resumed_at else 0.0
-    wall_time = earlier_wall_time + time.perf_counter() - started
+    if continue_from is not None and continue_from >= config.timesteps:  # trained before; only the record is new
+        wall_time = _wall_time_until(run_dir, continue_from)
+    else:
+        earlier_wall_time = _wall_time_until(run_dir, resumed_at[-1]) if resumed_at else 0.0
+        wall_time = earlier_wall_time + time.perf_counter() - started
     if model.num_timesteps < config.timesteps:
         raise RunInterrupted(f"{job.agent} seed {job.seed} stopped at {model.num_timesteps} of {config.timesteps} steps.")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # model.zip holds the finished run

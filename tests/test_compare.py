@@ -217,6 +217,24 @@ def test_an_interrupted_run_continues_from_its_save_when_the_comparison_runs_aga
     assert f"ctm seed 0 at {saved_at:,} steps" in (out / "summary.md").read_text()
 
 
+def test_a_run_that_finished_training_but_has_no_record_is_recorded_not_trained_again(tmp_path, capsys):
+    # A comparison interrupted while one of its runs trains its last steps: the run finishes and saves its whole
+    # budget, but the comparison stops before writing its record. The same command must record it, not wipe it.
+    out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 0
+    finished = json.loads((run_dir / "result.json").read_text())
+    (run_dir / "result.json").unlink()
+    (run_dir / "marker").write_text("kept")  # gone if the folder were replaced
+
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 0
+    assert "1 to train (1 continue from a save)" in capsys.readouterr().out
+    assert (run_dir / "marker").exists()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["timesteps"] == finished["timesteps"] and result["evaluations"] == finished["evaluations"]
+    assert result["wall_time_s"] == pytest.approx(finished["evaluations"]["wall_time_s"][-1])
+    assert result["resumed_at"] == []
+
+
 def test_a_continued_run_records_the_save_it_loaded_when_a_newer_one_is_damaged(tmp_path, monkeypatch, capsys):
     out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
     interrupt_training_at(monkeypatch, 300)
