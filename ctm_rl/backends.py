@@ -89,8 +89,10 @@ def run_local(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: On
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start_worker) as pool:
         futures = {pool.submit(_call, work, job): job for job in jobs}
+        reported = set()
         try:
             for future in as_completed(futures):
+                reported.add(future)
                 error = future.exception()
                 if error is None:
                     on_result(futures[future], future.result())
@@ -99,6 +101,11 @@ def run_local(work: Work, jobs: Sequence[Job], on_result: OnResult, on_error: On
         except KeyboardInterrupt:
             _interrupt_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
+            # A job that completed anyway (a run in its last steps when the interrupt came) is a result like any
+            # other: report it before stopping.
+            for future, job in futures.items():
+                if future not in reported and not future.cancelled() and future.exception() is None:
+                    on_result(job, future.result())
             raise
 
 

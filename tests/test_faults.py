@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import interrupt_training_at, rewrite_zip_member, signal_when
+from helpers import finish_despite_interrupts, interrupt_training_at, rewrite_zip_member, signal_when
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -201,6 +201,27 @@ def test_an_interrupt_whose_exception_is_lost_still_stops_the_run_which_saves(tm
         clear_stop_request()  # the pool worker's request outlives the command, as it does in the worker
     steps = saved_steps(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "model.zip")
     assert 40 <= steps <= 40 + 2 * 16  # stopped within the rollout the interrupt came in
+
+
+def test_a_pool_job_that_completes_while_the_pool_shuts_down_is_still_reported(tmp_path):
+    # Ctrl-C reaches the comparison as its first run ends, while the second is in its last steps and completes
+    # anyway: that run is finished, and its result must be written, not dropped with the pool.
+    results = []
+    second_started = tmp_path / "second"
+
+    def on_result(job, result):
+        results.append(result)
+        if len(results) == 1:
+            deadline = time.monotonic() + 120
+            while not second_started.exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+
+    jobs = [(0.5, str(tmp_path / "first")), (3.0, str(second_started))]
+    with pytest.raises(KeyboardInterrupt):
+        backends.run_local(finish_despite_interrupts, jobs, on_result, lambda job, error: None, workers=2)
+    assert sorted(results) == [0.5, 3.0]
 
 
 def _plant_payload(model_zip, marker):
