@@ -49,9 +49,7 @@ def _stop_when_orphaned(parent: int, every: float = 2.0, grace: float = 15.0) ->
 def _on_interrupt(signum, frame) -> None:
     """The first interrupt stops the running job (which saves what it learned); a second one, as when Ctrl-C
     reaches the worker both from the terminal and from the comparison, must not break into that save."""
-    first = not stop_requested()
-    request_stop()
-    if first and _running:
+    if request_stop() and _running:
         raise KeyboardInterrupt
 
 

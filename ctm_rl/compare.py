@@ -34,7 +34,7 @@ from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.interrupts import terminate_as_interrupt
-from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, AgentSpec, CompareConfig,
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, ROLLOUT_SETTINGS, AgentSpec, CompareConfig,
                          read_comparison_config, run_dir_of, safe_name)
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def execute_run(job: RunJob) -> dict[str, Any]:
         "wall_time_s": wall_time, "steps_per_second": steps / train_time,
         "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
         "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
-        "n_envs": config.n_envs, "max_steps": config.max_steps, "normalize_reward": config.normalize_reward,
+        **{name: getattr(config, name) for name in ROLLOUT_SETTINGS}, "normalize_reward": config.normalize_reward,
         "tuning": tuning, "resumed_at": resumed_at,
         "evaluations": evaluations,
     }

@@ -19,10 +19,13 @@ Main = TypeVar("Main", bound=Callable[..., Any])
 _stop_requested = False
 
 
-def request_stop() -> None:
-    """Ask the running training, and any this process starts after it, to stop and save."""
+def request_stop() -> bool:
+    """Ask the running training, and any this process starts after it, to stop and save; returns whether this is
+    the first request (a handler acts on the first interrupt only, so as not to break into the save it started)."""
     global _stop_requested
+    first = not _stop_requested
     _stop_requested = True
+    return first
 
 
 def stop_requested() -> bool:
@@ -37,10 +40,8 @@ def clear_stop_request() -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    if stop_requested():
-        return  # a repeated signal must not break into the save the first one started
-    request_stop()
-    raise KeyboardInterrupt
+    if request_stop():  # a repeated signal must not break into the save the first one started
+        raise KeyboardInterrupt
 
 
 def terminate_as_interrupt(main: Main) -> Main:

@@ -29,14 +29,11 @@ from typing import Any
 import numpy as np
 
 from ctm_rl import stats
-from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, CompareConfig, finished_runs,
+from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, ROLLOUT_SETTINGS, CompareConfig, finished_runs,
                          read_comparison_config)
 from ctm_rl.errors import ConfigError
 
 BOOTSTRAP_REPS = 2000
-
-ROLLOUT_SETTINGS = ("n_envs", "max_steps")
-"""The run settings a record carries besides its algorithm and policy arguments, shown with the algorithm's."""
 PLOTS = {"curves_steps.png": "IQM evaluation return against environment steps",
          "curves_wall.png": "IQM evaluation return against wall-clock time",
          "aggregates.png": "Final return and probability of improvement, 95% intervals"}

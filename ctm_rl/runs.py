@@ -14,6 +14,10 @@ from ctm_rl.config import SavedConfig
 from ctm_rl.errors import ConfigError
 
 CONFIG_FILE, COMMAND_FILE, RESULT_FILE, RUNS_DIR = "comparison.yaml", "command.txt", "result.json", "runs"
+
+ROLLOUT_SETTINGS = ("n_envs", "max_steps")
+"""The run settings a run record carries besides its algorithm and policy arguments."""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 _NEXT_OVERRIDE = re.compile(r",(?=\s*[A-Za-z_][\w.]*=)")  # a comma that starts the next key=value
 
