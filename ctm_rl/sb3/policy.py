@@ -8,6 +8,7 @@ post-activation trace, ``hidden = d_model * memory_length``.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -32,6 +33,9 @@ from ctm_rl.sb3.standardizer import RunningStandardizer
 
 _CTM_DEFAULTS = CtmConfig()
 _HAS_FUSED_ADAM = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
+
+SB3_ACTION_GAIN = 0.01
+"""SB3's orthogonal-initialisation gain of the action head's output layer (``ActorCriticPolicy._build``)."""
 
 PADDING = -1.0
 """``episode_starts`` value of a padded replay step (``ctm_rl.sb3.buffers`` marks them); such steps are skipped."""
@@ -100,6 +104,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         data-dependent initialisation of the heads' input scale rather than a running normalisation.
     :param detach_critic: with a shared CTM, the critic head reads its synchronisation without passing gradient
         back, so that only the actor's loss trains the CTM and the encoder (what sb3-contrib's shared LSTM does).
+    :param action_gain: gain of the orthogonal initialisation of the action head's output layer (with
+        ``ortho_init``); SB3's is 0.01. The policy's gradient reaches the CTM through that layer, so with a shared
+        CTM it sets the actor's share of the CTM's gradient against the critic's (whose layer has gain 1).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -132,6 +139,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         standardize_output: bool = False,
         standardize_momentum: float = 0.1,
         detach_critic: bool = False,
+        action_gain: float = SB3_ACTION_GAIN,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -155,7 +163,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         check_policy_arguments({
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
             "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
-            "standardize_momentum": standardize_momentum,
+            "standardize_momentum": standardize_momentum, "action_gain": action_gain, "ortho_init": ortho_init,
         })
         self.d_input = d_input
         self.carry_traces = carry_traces
@@ -166,6 +174,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.standardize_output = standardize_output
         self.standardize_momentum = standardize_momentum
         self.detach_critic = detach_critic
+        self.action_gain = action_gain
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
@@ -199,6 +208,10 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.output_standardizer = standardizer()
         self.critic_output_standardizer = standardizer() if not self.share_ctm else self.output_standardizer
         super()._build(lr_schedule)
+        if self.ortho_init and self.action_gain != SB3_ACTION_GAIN:
+            # SB3 initialises the action head's output layer with gain 0.01, so that the first policy is near
+            # uniform whatever the features; the CTM's synchronisation starts small enough for that on its own.
+            self.action_net.apply(partial(self.init_weights, gain=self.action_gain))
 
     @property
     def lstm_actor(self) -> RecurrentStateLayout:
@@ -211,7 +224,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
                     project_cells=self.project_cells, compile_rollout=self.compile_rollout,
                     normalize_output=self.normalize_output, standardize_output=self.standardize_output,
                     standardize_momentum=self.standardize_momentum,
-                    detach_critic=self.detach_critic)
+                    detach_critic=self.detach_critic, action_gain=self.action_gain)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -409,6 +422,12 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
     if given["detach_critic"] and not given["share_ctm"]:
         raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own. "
                           "Fix: drop detach_critic, or set share_ctm=true.")
+    gain = given["action_gain"]
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0:
+        raise ConfigError(f"action_gain must be a number > 0, got {gain!r}. Fix: 0.01 (SB3's) or, say, 1.0.")
+    if gain != SB3_ACTION_GAIN and not given["ortho_init"]:
+        raise ConfigError("action_gain is the gain of the orthogonal initialisation, which ortho_init=False turns off. "
+                          "Fix: drop action_gain, or set ortho_init=true.")
     momentum = given["standardize_momentum"]
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"standardize_momentum must be in [0, 1], got {momentum!r}. Fix: 0.1 follows the rollouts, "
