@@ -362,6 +362,29 @@ def test_detach_critic_keeps_the_value_loss_out_of_a_shared_ctm(detach_critic):
     assert policy.ctm.synapses.recurrent_weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("action_gain", [None, 1.0, 0.3])
+def test_action_gain_sets_the_action_heads_initial_scale_and_is_saved(tmp_path, action_gain):
+    kwargs = {} if action_gain is None else {"action_gain": action_gain}
+    model = small_model(**kwargs)
+    gain = 0.01 if action_gain is None else action_gain
+    # An orthogonal initialisation with gain g has every singular value equal to g.
+    singular_values = torch.linalg.svdvals(model.policy.action_net.weight.detach())
+    torch.testing.assert_close(singular_values, torch.full_like(singular_values, gain))
+    value_singular_values = torch.linalg.svdvals(model.policy.value_net.weight.detach())
+    torch.testing.assert_close(value_singular_values, torch.ones_like(value_singular_values))
+    model.save(tmp_path / "model.zip")
+    assert type(model).load(tmp_path / "model.zip").policy.action_gain == gain
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(action_gain=0.0), "action_gain must be a number > 0, got 0.0"),
+    (dict(action_gain=1.0, ortho_init=False), "action_gain is the gain of the orthogonal initialisation"),
+])
+def test_a_bad_action_gain_is_refused_with_the_fix(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        small_model(**kwargs)
+
+
 def test_detach_critic_needs_a_shared_ctm():
     with pytest.raises(ConfigError, match="detach_critic=True applies to a shared CTM"):
         small_model(detach_critic=True, share_ctm=False)
