@@ -12,6 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from ctm_rl import ConfigError, CtmPolicy, UnsupportedSpaceError
+from ctm_rl.sb3.lstm import LstmPolicy
 from ctm_rl.sb3.policy import PADDING
 from ctm_rl.sb3.ppo import CtmPPO
 from ctm_rl.sb3.standardizer import RunningStandardizer
@@ -362,10 +363,11 @@ def test_detach_critic_keeps_the_value_loss_out_of_a_shared_ctm(detach_critic):
     assert policy.ctm.synapses.recurrent_weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("policy_class", [CtmPolicy, LstmPolicy], ids=["ctm", "lstm"])
 @pytest.mark.parametrize("action_gain", [None, 1.0, 0.3])
-def test_action_gain_sets_the_action_heads_initial_scale_and_is_saved(tmp_path, action_gain):
+def test_action_gain_sets_the_action_heads_initial_scale_and_is_saved(tmp_path, policy_class, action_gain):
     kwargs = {} if action_gain is None else {"action_gain": action_gain}
-    model = small_model(**kwargs)
+    model = small_model(policy_class=policy_class, **kwargs)
     gain = 0.01 if action_gain is None else action_gain
     # An orthogonal initialisation with gain g has every singular value equal to g.
     singular_values = torch.linalg.svdvals(model.policy.action_net.weight.detach())
@@ -376,13 +378,15 @@ def test_action_gain_sets_the_action_heads_initial_scale_and_is_saved(tmp_path, 
     assert type(model).load(tmp_path / "model.zip").policy.action_gain == gain
 
 
+@pytest.mark.parametrize("policy_class", [CtmPolicy, LstmPolicy], ids=["ctm", "lstm"])
 @pytest.mark.parametrize("kwargs, message", [
     (dict(action_gain=0.0), "action_gain must be a number > 0, got 0.0"),
+    (dict(action_gain=True), "action_gain must be a number > 0, got True"),
     (dict(action_gain=1.0, ortho_init=False), "action_gain is the gain of the orthogonal initialisation"),
 ])
-def test_a_bad_action_gain_is_refused_with_the_fix(kwargs, message):
+def test_a_bad_action_gain_is_refused_with_the_fix(policy_class, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        small_model(**kwargs)
+        small_model(policy_class=policy_class, **kwargs)
 
 
 def test_detach_critic_needs_a_shared_ctm():

@@ -146,6 +146,7 @@ def test_unknown_hyperparameter_suggests_close_names():
     (["--env", "MiniGrid-DoorKey-5x5", "--env-kwargs", "colour=red"], "MiniGrid-DoorKey-5x5 could not be built"),
     (["--hyperparams", "standardize_momentum=2"], "standardize_momentum must be in [0, 1], got 2"),
     (["--hyperparams", "action_gain=0"], "action_gain must be a number > 0, got 0"),
+    (["--agent", "lstm", "--hyperparams", "action_gain=-1"], "action_gain must be a number > 0, got -1"),
     (["--hyperparams", "share_ctm=false", "detach_critic=true"], "detach_critic=True applies to a shared CTM"),
     (["--hyperparams", "share_features_extractor=false"], "share_ctm=True needs share_features_extractor=True"),
     (["--hyperparams", "compile_rollout=3"], "compile_rollout must be true, false or a mapping"),

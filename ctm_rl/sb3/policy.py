@@ -8,7 +8,6 @@ post-activation trace, ``hidden = d_model * memory_length``.
 from __future__ import annotations
 
 import inspect
-from functools import partial
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -29,13 +28,11 @@ from ctm_rl.model.config import CtmConfig
 from ctm_rl.model.ctm import ContinuousThoughtMachine, Traces
 from ctm_rl.sb3.diagnostics import OutputScale
 from ctm_rl.sb3.encoders import ObservationEncoder
+from ctm_rl.sb3.heads import SB3_ACTION_GAIN, apply_action_gain, check_action_gain
 from ctm_rl.sb3.standardizer import RunningStandardizer
 
 _CTM_DEFAULTS = CtmConfig()
 _HAS_FUSED_ADAM = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
-
-SB3_ACTION_GAIN = 0.01
-"""SB3's orthogonal-initialisation gain of the action head's output layer (``ActorCriticPolicy._build``)."""
 
 PADDING = -1.0
 """``episode_starts`` value of a padded replay step (``ctm_rl.sb3.buffers`` marks them); such steps are skipped."""
@@ -105,8 +102,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param detach_critic: with a shared CTM, the critic head reads its synchronisation without passing gradient
         back, so that only the actor's loss trains the CTM and the encoder (what sb3-contrib's shared LSTM does).
     :param action_gain: gain of the orthogonal initialisation of the action head's output layer (with
-        ``ortho_init``); SB3's is 0.01. The policy's gradient reaches the CTM through that layer, so with a shared
-        CTM it sets the actor's share of the CTM's gradient against the critic's (whose layer has gain 1).
+        ``ortho_init``; SB3's is 0.01); with a shared CTM it also sets the actor's share of the CTM's gradient
+        (:mod:`ctm_rl.sb3.heads`).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -208,10 +205,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.output_standardizer = standardizer()
         self.critic_output_standardizer = standardizer() if not self.share_ctm else self.output_standardizer
         super()._build(lr_schedule)
-        if self.ortho_init and self.action_gain != SB3_ACTION_GAIN:
-            # SB3 initialises the action head's output layer with gain 0.01, so that the first policy is near
-            # uniform whatever the features; the CTM's synchronisation starts small enough for that on its own.
-            self.action_net.apply(partial(self.init_weights, gain=self.action_gain))
+        apply_action_gain(self, self.action_gain)
 
     @property
     def lstm_actor(self) -> RecurrentStateLayout:
@@ -422,12 +416,7 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
     if given["detach_critic"] and not given["share_ctm"]:
         raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own. "
                           "Fix: drop detach_critic, or set share_ctm=true.")
-    gain = given["action_gain"]
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0:
-        raise ConfigError(f"action_gain must be a number > 0, got {gain!r}. Fix: 0.01 (SB3's) or, say, 1.0.")
-    if gain != SB3_ACTION_GAIN and not given["ortho_init"]:
-        raise ConfigError("action_gain is the gain of the orthogonal initialisation, which ortho_init=False turns off. "
-                          "Fix: drop action_gain, or set ortho_init=true.")
+    check_action_gain(given["action_gain"], given["ortho_init"])
     momentum = given["standardize_momentum"]
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"standardize_momentum must be in [0, 1], got {momentum!r}. Fix: 0.1 follows the rollouts, "
