@@ -364,27 +364,33 @@ def test_detach_critic_keeps_the_value_loss_out_of_a_shared_ctm(detach_critic):
 
 
 @pytest.mark.parametrize("policy_class", [CtmPolicy, LstmPolicy], ids=["ctm", "lstm"])
-@pytest.mark.parametrize("action_gain", [None, 1.0, 0.3])
-def test_action_gain_sets_the_action_heads_initial_scale_and_is_saved(tmp_path, policy_class, action_gain):
-    kwargs = {} if action_gain is None else {"action_gain": action_gain}
-    model = small_model(policy_class=policy_class, **kwargs)
-    gain = 0.01 if action_gain is None else action_gain
+@pytest.mark.parametrize("gains", [{}, dict(action_gain=1.0), dict(hidden_gain=1.0, action_gain=0.3)],
+                         ids=["sb3", "action", "both"])
+def test_head_gains_set_the_heads_initial_scale_and_are_saved(tmp_path, policy_class, gains):
+    model = small_model(policy_class=policy_class, **gains)
+    policy = model.policy
+    expected = {"hidden": gains.get("hidden_gain", 2 ** 0.5), "action": gains.get("action_gain", 0.01), "value": 1.0}
     # An orthogonal initialisation with gain g has every singular value equal to g.
-    singular_values = torch.linalg.svdvals(model.policy.action_net.weight.detach())
-    torch.testing.assert_close(singular_values, torch.full_like(singular_values, gain))
-    value_singular_values = torch.linalg.svdvals(model.policy.value_net.weight.detach())
-    torch.testing.assert_close(value_singular_values, torch.ones_like(value_singular_values))
+    layers = {"hidden": [m.weight for m in policy.mlp_extractor.modules() if isinstance(m, torch.nn.Linear)],
+              "action": [policy.action_net.weight], "value": [policy.value_net.weight]}
+    assert len(layers["hidden"]) == 4  # two hidden layers in each head
+    for kind, weights in layers.items():
+        for weight in weights:
+            singular_values = torch.linalg.svdvals(weight.detach())
+            torch.testing.assert_close(singular_values, torch.full_like(singular_values, expected[kind]))
     model.save(tmp_path / "model.zip")
-    assert type(model).load(tmp_path / "model.zip").policy.action_gain == gain
+    loaded = type(model).load(tmp_path / "model.zip").policy
+    assert (loaded.hidden_gain, loaded.action_gain) == (expected["hidden"], expected["action"])
 
 
 @pytest.mark.parametrize("policy_class", [CtmPolicy, LstmPolicy], ids=["ctm", "lstm"])
 @pytest.mark.parametrize("kwargs, message", [
     (dict(action_gain=0.0), "action_gain must be a number > 0, got 0.0"),
-    (dict(action_gain=True), "action_gain must be a number > 0, got True"),
-    (dict(action_gain=1.0, ortho_init=False), "action_gain is the gain of the orthogonal initialisation"),
+    (dict(hidden_gain=True), "hidden_gain must be a number > 0, got True"),
+    (dict(action_gain=1.0, ortho_init=False), "action_gain is a gain of the orthogonal initialisation"),
+    (dict(hidden_gain=1.0, ortho_init=False), "hidden_gain is a gain of the orthogonal initialisation"),
 ])
-def test_a_bad_action_gain_is_refused_with_the_fix(policy_class, kwargs, message):
+def test_a_bad_head_gain_is_refused_with_the_fix(policy_class, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         small_model(policy_class=policy_class, **kwargs)
 

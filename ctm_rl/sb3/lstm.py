@@ -14,7 +14,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from ctm_rl.errors import ConfigError
 from ctm_rl.sb3.encoders import ObservationEncoder
-from ctm_rl.sb3.heads import SB3_ACTION_GAIN, apply_action_gain, check_action_gain
+from ctm_rl.sb3.heads import SB3_ACTION_GAIN, SB3_HIDDEN_GAIN, apply_head_gains, check_head_gains
 from ctm_rl.sb3.policy import CtmPolicy
 
 class LstmPolicy(RecurrentActorCriticPolicy):
@@ -25,27 +25,30 @@ class LstmPolicy(RecurrentActorCriticPolicy):
     :param detach_critic: with ``shared_lstm=True``, whether the critic reads the LSTM's output detached, so that
         only the actor's loss trains the LSTM (True, sb3-contrib's behaviour), or undetached, so that the value
         loss trains it too (False, as the shared CTM is trained by default).
-    :param action_gain: gain of the orthogonal initialisation of the action head's output layer (with
-        ``ortho_init``; SB3's is 0.01); with a shared LSTM trained by the value loss too it also sets the actor's
-        share of the LSTM's gradient (:mod:`ctm_rl.sb3.heads`).
+    :param hidden_gain: gain of the orthogonal initialisation of the heads' hidden layers (with ``ortho_init``;
+        SB3's is ``sqrt(2)``; :mod:`ctm_rl.sb3.heads`).
+    :param action_gain: the same for the action head's output layer (SB3's is 0.01); with a shared LSTM trained by
+        the value loss too it also sets the actor's share of the LSTM's gradient.
     :param args: ``RecurrentActorCriticPolicy`` arguments.
     :param kwargs: ``RecurrentActorCriticPolicy`` keyword arguments.
     """
 
-    def __init__(self, *args: Any, detach_critic: bool = True, action_gain: float = SB3_ACTION_GAIN,
-                 **kwargs: Any) -> None:
-        check_lstm_arguments({**kwargs, "detach_critic": detach_critic, "action_gain": action_gain})
-        self.action_gain = action_gain  # read by _build, which the parent's constructor calls
+    def __init__(self, *args: Any, detach_critic: bool = True, hidden_gain: float = SB3_HIDDEN_GAIN,
+                 action_gain: float = SB3_ACTION_GAIN, **kwargs: Any) -> None:
+        check_lstm_arguments({**kwargs, "detach_critic": detach_critic, "hidden_gain": hidden_gain,
+                              "action_gain": action_gain})
+        # Read by _build, which the parent's constructor calls.
+        self.hidden_gain, self.action_gain = hidden_gain, action_gain
         super().__init__(*args, **kwargs)
         self.detach_critic = detach_critic
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
-        apply_action_gain(self, self.action_gain)
+        apply_head_gains(self, self.hidden_gain, self.action_gain)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "detach_critic": self.detach_critic,
-                "action_gain": self.action_gain}
+                "hidden_gain": self.hidden_gain, "action_gain": self.action_gain}
 
     def evaluate_actions(self, obs, actions, lstm_states, episode_starts):
         if isinstance(self.action_space, spaces.MultiBinary):
@@ -82,7 +85,7 @@ def check_lstm_arguments(arguments: Mapping[str, Any]) -> None:
     :param arguments: ``LstmPolicy`` keyword arguments; those left out take the policy's defaults.
     """
     given = {**_LSTM_POLICY_DEFAULTS, **arguments}
-    check_action_gain(given["action_gain"], given["ortho_init"])
+    check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
     if not given["detach_critic"] and not given["shared_lstm"]:
         raise ConfigError("detach_critic=False applies to a shared LSTM (shared_lstm=True); a separate critic "
                           "LSTM or critic network is trained by the value loss already. Fix: drop detach_critic, or "

@@ -28,7 +28,7 @@ from ctm_rl.model.config import CtmConfig
 from ctm_rl.model.ctm import ContinuousThoughtMachine, Traces
 from ctm_rl.sb3.diagnostics import OutputScale
 from ctm_rl.sb3.encoders import ObservationEncoder
-from ctm_rl.sb3.heads import SB3_ACTION_GAIN, apply_action_gain, check_action_gain
+from ctm_rl.sb3.heads import SB3_ACTION_GAIN, SB3_HIDDEN_GAIN, apply_head_gains, check_head_gains
 from ctm_rl.sb3.standardizer import RunningStandardizer
 
 _CTM_DEFAULTS = CtmConfig()
@@ -101,9 +101,10 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         data-dependent initialisation of the heads' input scale rather than a running normalisation.
     :param detach_critic: with a shared CTM, the critic head reads its synchronisation without passing gradient
         back, so that only the actor's loss trains the CTM and the encoder (what sb3-contrib's shared LSTM does).
-    :param action_gain: gain of the orthogonal initialisation of the action head's output layer (with
-        ``ortho_init``; SB3's is 0.01); with a shared CTM it also sets the actor's share of the CTM's gradient
-        (:mod:`ctm_rl.sb3.heads`).
+    :param hidden_gain: gain of the orthogonal initialisation of the heads' hidden layers (with ``ortho_init``;
+        SB3's is ``sqrt(2)``, the reference's 1; :mod:`ctm_rl.sb3.heads`).
+    :param action_gain: the same for the action head's output layer (SB3's is 0.01, the reference's 1); with a
+        shared CTM it also sets the actor's share of the CTM's gradient.
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -136,6 +137,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         standardize_output: bool = False,
         standardize_momentum: float = 0.1,
         detach_critic: bool = False,
+        hidden_gain: float = SB3_HIDDEN_GAIN,
         action_gain: float = SB3_ACTION_GAIN,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
@@ -160,7 +162,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         check_policy_arguments({
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
             "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
-            "standardize_momentum": standardize_momentum, "action_gain": action_gain, "ortho_init": ortho_init,
+            "standardize_momentum": standardize_momentum, "hidden_gain": hidden_gain, "action_gain": action_gain,
+            "ortho_init": ortho_init,
         })
         self.d_input = d_input
         self.carry_traces = carry_traces
@@ -171,6 +174,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.standardize_output = standardize_output
         self.standardize_momentum = standardize_momentum
         self.detach_critic = detach_critic
+        self.hidden_gain = hidden_gain
         self.action_gain = action_gain
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
@@ -205,7 +209,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.output_standardizer = standardizer()
         self.critic_output_standardizer = standardizer() if not self.share_ctm else self.output_standardizer
         super()._build(lr_schedule)
-        apply_action_gain(self, self.action_gain)
+        apply_head_gains(self, self.hidden_gain, self.action_gain)
 
     @property
     def lstm_actor(self) -> RecurrentStateLayout:
@@ -218,7 +222,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
                     project_cells=self.project_cells, compile_rollout=self.compile_rollout,
                     normalize_output=self.normalize_output, standardize_output=self.standardize_output,
                     standardize_momentum=self.standardize_momentum,
-                    detach_critic=self.detach_critic, action_gain=self.action_gain)
+                    detach_critic=self.detach_critic, hidden_gain=self.hidden_gain,
+                    action_gain=self.action_gain)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -416,7 +421,7 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
     if given["detach_critic"] and not given["share_ctm"]:
         raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own. "
                           "Fix: drop detach_critic, or set share_ctm=true.")
-    check_action_gain(given["action_gain"], given["ortho_init"])
+    check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
     momentum = given["standardize_momentum"]
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"standardize_momentum must be in [0, 1], got {momentum!r}. Fix: 0.1 follows the rollouts, "
