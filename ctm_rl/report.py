@@ -541,6 +541,8 @@ def write_page(folders: list[Path], page: Path) -> Path:
     header = ["# Results: CTM vs LSTM", "",
               f"Generated on {datetime.date.today().isoformat()} by "
               f"`python -m ctm_rl.compare --report {' '.join(str(f) for f in folders)} --page {page}` "
-              "from the comparison folders. Every number below comes from those runs.", ""]
+              "from the comparison folders. Every number below comes from those runs. Each section's folder under "
+              f"{page.stem}/ keeps its comparison's settings, commands and run records (no models), so that command "
+              "rebuilds this page.", ""]
     page.write_text("\n".join(header + sections))
     return page

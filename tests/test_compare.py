@@ -124,6 +124,7 @@ def test_report_rebuilds_without_training(tmp_path, monkeypatch):
     assert "## ctm vs lstm on CartPole-NoVel\n\nWhy this budget." in page
     assert "| ctm | n_envs=8, normalize_reward=true, " in page
     assert "](results/cmp/curves_steps.png)" in page
+    assert "Each section's folder under results/ keeps its comparison's settings" in page.split("\n")[2]
     assert (tmp_path / "docs" / "results" / "cmp" / "aggregates.png").exists()
     assert (tmp_path / "docs" / "results" / "cmp" / "runs.csv").exists()
 
