@@ -6,9 +6,11 @@ the comparison is interrupted later.
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -36,13 +38,29 @@ def _start_worker() -> None:
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 
-def _stop_when_orphaned(parent: int, every: float = 2.0, grace: float = 15.0) -> None:
-    """A worker whose comparison process died (killed, not interrupted) would train on for nobody: interrupt
-    its run, which then saves what it learned, and leave if it has not ended within ``grace`` seconds."""
+def _stop_when_orphaned(parent: int, every: float = 1.0, limit: float = 120.0) -> None:
+    """A worker whose comparison process died (killed, not interrupted) would train on for nobody: interrupt its
+    run, which then saves what it learned, and leave as soon as the run has ended.
+
+    The worker waits for its run however long the save takes, up to ``limit`` seconds; a run still going then is
+    stuck, and the worker says where before it leaves."""
     while os.getppid() == parent:
         time.sleep(every)
     os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(grace)
+    deadline = time.monotonic() + limit
+    while _running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running:
+        print(f"Worker {os.getpid()}: its comparison is gone and its run did not stop within {limit:.0f} s of the "
+              f"interrupt; leaving without waiting for the run's save. The worker's threads:", file=sys.stderr)
+        faulthandler.dump_traceback(all_threads=True)
+    # The worker's main thread waits for jobs from the dead comparison for ever: leave without it, after writing
+    # out what the run printed.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or its file is gone
+            pass
     os._exit(1)
 
 

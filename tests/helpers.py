@@ -99,6 +99,43 @@ def rewrite_zip_member(path: Path, name: str, rewrite: Callable[[bytes], bytes])
             archive.writestr(member, content)
 
 
+def live_group_members(group: int) -> list[int]:
+    """Process ids in process group ``group`` that are running (zombies left for a parent to reap are not), read
+    from Linux's /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                state, _, process_group = stat.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(process_group) == group and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def save_slowly_when_interrupted(job: tuple[float, str]) -> float:
+    """A pool job that marks its start by creating the file ``job[1] + ".started"``, works until interrupted, and
+    then takes ``job[0]`` seconds to save, as a large model or a slow disk does, before writing ``job[1]``."""
+    from ctm_rl.interrupts import stop_requested
+
+    seconds, saved = job
+    Path(saved + ".started").touch()
+    try:
+        while not stop_requested():
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:  # a save must not be broken into
+            pass
+    Path(saved).write_text("saved")
+    return seconds
+
+
 def finish_despite_interrupts(job: tuple[float, str]) -> float:
     """A pool job that marks its start by creating the file ``job[1]`` and then completes after ``job[0]`` seconds,
     interrupts or not, as a run in its last steps does; returns ``job[0]``."""

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers import finish_despite_interrupts, interrupt_training_at, rewrite_zip_member, signal_when
+from helpers import (finish_despite_interrupts, interrupt_training_at, live_group_members, rewrite_zip_member,
+                     save_slowly_when_interrupted, signal_when)
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -222,6 +223,39 @@ def test_a_pool_job_that_completes_while_the_pool_shuts_down_is_still_reported(t
     with pytest.raises(KeyboardInterrupt):
         backends.run_local(finish_despite_interrupts, jobs, on_result, lambda job, error: None, workers=2)
     assert sorted(results) == [0.5, 3.0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc"), reason="reads /proc")
+def test_a_worker_of_a_killed_comparison_waits_for_its_runs_slow_save_and_then_leaves(tmp_path):
+    # The comparison is killed outright; each of its pool workers interrupts its own job, and must neither cut
+    # that job's save short (here it takes longer than a fixed wait would allow) nor linger once it is done.
+    jobs = [(18.0, str(tmp_path / "first")), (18.0, str(tmp_path / "second"))]
+    script = (f"from ctm_rl import backends; from helpers import save_slowly_when_interrupted; "
+              f"backends.run_local(save_slowly_when_interrupted, {jobs!r}, print, print, workers=2)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    log = tmp_path / "comparison.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(saved + ".started") for _, saved in jobs):
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(saved) for _, saved in jobs):
+            assert time.monotonic() < deadline, f"a job's save was cut short:\n{log.read_text()}"
+            time.sleep(0.1)
+        saved_at = time.monotonic()
+        # The workers leave once their jobs have ended.
+        while live_group_members(process.pid):
+            assert time.monotonic() < saved_at + 10, f"a worker lingered after its job ended:\n{log.read_text()}"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _plant_payload(model_zip, marker):
