@@ -9,10 +9,11 @@ save the first one started, so without the request such a run would train on to 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 Main = TypeVar("Main", bound=Callable[..., Any])
 
@@ -42,6 +43,35 @@ def clear_stop_request() -> None:
 def _interrupt(signum: int, frame: Any) -> None:
     if request_stop():  # a repeated signal must not break into the save the first one started
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM while the block runs, and deliver them to their handlers when it ends: for the
+    writing of a save. An interrupt raised inside ``torch.save``'s writer comes out of it as a ``RuntimeError`` that
+    no interrupt handling catches, and one raised anywhere in a save leaves a damaged file. Signals left at their
+    default action, or ignored, are not touched; outside the main thread, where Python cannot handle signals, the
+    block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum not in held:
+            held.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(signum)):
+            previous[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in held:
+            signal.raise_signal(signum)  # its handler runs now, after the save
 
 
 def terminate_as_interrupt(main: Main) -> Main:

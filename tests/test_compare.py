@@ -424,8 +424,10 @@ def test_ctrl_c_or_sigterm_stops_a_parallel_comparison_within_seconds_and_exits_
     out = tmp_path / "cmp"
     # Four long runs, two at a time: none can finish before the interrupt.
     command, env = _long_comparison(out, seeds=4, backend=backend)
+    # The comparison starts with SIGINT's default action even where the suite runs in the background of a
+    # non-interactive shell, which leaves SIGINT ignored in its children (POSIX) and so hides Ctrl-C from them.
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while len(list(out.glob("runs/ctm/seed*/eval/evaluations.npz"))) < 2:  # both workers are training

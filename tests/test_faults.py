@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from helpers import (finish_despite_interrupts, interrupt_training_at, live_group_members, rewrite_zip_member,
-                     save_slowly_when_interrupted, signal_when)
+                     save_slowly_when_interrupted, signal_when, small_model)
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -256,6 +256,45 @@ def test_a_worker_of_a_killed_comparison_waits_for_its_runs_slow_save_and_then_l
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+class _SignalOnWrite:
+    """A file that sends this process ``SIGTERM`` on its second write, as a signal arriving mid-save would."""
+
+    def __init__(self, file):
+        self.file, self.writes = file, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_an_interrupt_that_arrives_while_torch_writes_a_save_waits_for_the_save(tmp_path, monkeypatch):
+    # SIGTERM lands while torch writes the model's parameters into the zip, as when it comes during an evaluation's
+    # best-model save. Raised inside torch's writer it would come out as a RuntimeError that no interrupt handling
+    # catches, losing the run's save; instead the save completes and the interrupt follows it.
+    import torch
+    from stable_baselines3.common import save_util
+
+    from ctm_rl.interrupts import terminate_as_interrupt
+    from ctm_rl.sb3.ppo import CtmPPO
+
+    model = small_model(algorithm=CtmPPO)
+    write_save = torch.save
+    monkeypatch.setattr(save_util.th, "save", lambda data, file, **kwargs: write_save(data, _SignalOnWrite(file),
+                                                                                      **kwargs))
+    path = tmp_path / "model.zip"
+    with pytest.raises(KeyboardInterrupt):
+        terminate_as_interrupt(model.save)(path)
+    monkeypatch.undo()
+    loaded = CtmPPO.load(path)
+    for name, value in model.policy.state_dict().items():
+        assert torch.equal(loaded.policy.state_dict()[name], value), name
 
 
 def _plant_payload(model_zip, marker):

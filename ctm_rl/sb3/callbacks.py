@@ -10,7 +10,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from ctm_rl.interrupts import stop_requested
+from ctm_rl.interrupts import signals_held, stop_requested
 from ctm_rl.sb3.checkpoints import named_steps
 
 
@@ -129,9 +129,10 @@ class TimedEvalCallback(EvalCallback):
 
     def _save(self) -> None:
         extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
-        np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
-                 ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
-                 train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)
+        with signals_held():  # a file cut short would lose every evaluation so far
+            np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
+                     ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
+                     train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)
 
 
 class RollingCheckpointCallback(CheckpointCallback):

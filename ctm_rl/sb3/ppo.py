@@ -14,6 +14,7 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
 from ctm_rl.envs.normalization import reward_statistics
+from ctm_rl.interrupts import signals_held
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
 from ctm_rl.sb3.diagnostics import GradientNorms
 from ctm_rl.sb3.policy import CtmPolicy
@@ -40,7 +41,8 @@ class CtmPPO(RecurrentPPO):
         """SB3's save, which also records the running reward statistics of a reward-normalising training env as
         plain JSON numbers (``reward_statistics``), so that a run resumed from this save continues them."""
         self.reward_statistics = reward_statistics(self.get_vec_normalize_env())
-        super().save(path, exclude, include)
+        with signals_held():  # an interrupt waits for the save, which it would otherwise damage
+            super().save(path, exclude, include)
 
     def _setup_model(self) -> None:
         super()._setup_model()
