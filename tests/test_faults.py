@@ -258,6 +258,28 @@ def test_a_worker_of_a_killed_comparison_waits_for_its_runs_slow_save_and_then_l
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def test_an_interrupt_that_cuts_sb3s_evaluations_file_short_leaves_a_complete_one(tmp_path, monkeypatch):
+    # Ctrl-C lands while SB3's EvalCallback writes its part of evaluations.npz: the file it leaves is cut short, and
+    # the run's evaluations so far would be lost with it.
+    import stable_baselines3.common.callbacks as sb3_callbacks
+
+    class NumpyWithInterruptedSave:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def savez(path, **arrays):
+            with open(str(path) + ".npz", "wb") as file:
+                file.write(b"PK\x03\x04")  # the start of a zip, and no more
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sb3_callbacks, "np", NumpyWithInterruptedSave())
+    assert run(tmp_path, "--timesteps", "5000", "--eval-freq", "64", "--checkpoint-freq", "0", *TINY) == 130
+    with np.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "eval" / "evaluations.npz") as data:
+        lengths = {name: len(data[name]) for name in data.files}
+    assert lengths["timesteps"] == 1 and set(lengths.values()) == {1}, lengths
+
+
 class _SignalOnWrite:
     """A file that sends this process ``SIGTERM`` on its second write, as a signal arriving mid-save would."""
 

@@ -112,20 +112,32 @@ class TimedEvalCallback(EvalCallback):
     def _on_step(self) -> bool:
         evaluated_before = len(self.evaluations_timesteps)
         began = time.perf_counter()
-        continue_training = super()._on_step()
+        try:
+            continue_training = super()._on_step()
+        except KeyboardInterrupt:
+            # SB3 writes its part of the evaluations file before the best model, and an interrupt in either leaves
+            # that file cut short or without this evaluation's timings: complete and rewrite it before stopping.
+            if len(self.evaluations_timesteps) > evaluated_before:
+                self._record_evaluation(began)
+            raise
         if len(self.evaluations_timesteps) > evaluated_before:
-            finished = time.perf_counter()
-            elapsed = began - self._started - self._evaluating  # training only, up to this evaluation
-            self._evaluating += finished - began
-            self.evaluations_wall_time.append(self._offset[0] + finished - self._started)
-            self.evaluations_train_time.append(self._offset[1] + elapsed)
-            limit = episode_step_limit(self.eval_env)
-            lengths = np.asarray(self.evaluations_length[-1])
-            self.evaluations_time_limit.append(float(np.mean(lengths >= limit)) if limit else float("nan"))
-            self.logger.record("eval/time_limit_fraction", self.evaluations_time_limit[-1])
-            if self.log_path is not None:
-                self._save()
+            self._record_evaluation(began)
         return continue_training
+
+    def _record_evaluation(self, began: float) -> None:
+        """Add the timings and time-limit share of the evaluation SB3 has just recorded (begun at ``began``) and
+        write the evaluations file."""
+        finished = time.perf_counter()
+        elapsed = began - self._started - self._evaluating  # training only, up to this evaluation
+        self._evaluating += finished - began
+        self.evaluations_wall_time.append(self._offset[0] + finished - self._started)
+        self.evaluations_train_time.append(self._offset[1] + elapsed)
+        limit = episode_step_limit(self.eval_env)
+        lengths = np.asarray(self.evaluations_length[-1])
+        self.evaluations_time_limit.append(float(np.mean(lengths >= limit)) if limit else float("nan"))
+        self.logger.record("eval/time_limit_fraction", self.evaluations_time_limit[-1])
+        if self.log_path is not None:
+            self._save()
 
     def _save(self) -> None:
         extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
