@@ -8,7 +8,7 @@ import subprocess
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -99,19 +99,46 @@ def rewrite_zip_member(path: Path, name: str, rewrite: Callable[[bytes], bytes])
             archive.writestr(member, content)
 
 
-def live_group_members(group: int) -> list[int]:
-    """Process ids in process group ``group`` that are running (zombies left for a parent to reap are not), read
-    from Linux's /proc."""
-    members = []
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """Each process as (pid, state, parent pid, process group), read from Linux's /proc."""
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                state, _, process_group = stat.read().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
+                state, parent, group = stat.read().rsplit(")", 1)[1].split()[:3]
+            process = int(entry), state, int(parent), int(group)
+        except (OSError, ValueError):  # not a process, or it ended while being read
             continue
-        if int(process_group) == group and state != "Z":
-            members.append(int(entry))
-    return members
+        yield process
+
+
+def live_group_members(group: int) -> list[int]:
+    """Process ids in process group ``group`` that are running (zombies left for a parent to reap are not)."""
+    return [pid for pid, state, _, member_of in _processes() if member_of == group and state != "Z"]
+
+
+def children(parent: int, marker: str) -> list[int]:
+    """Process ids whose parent is ``parent`` and whose command line holds ``marker``."""
+    found = []
+    for pid, _, parent_pid, _ in _processes():
+        if parent_pid != parent:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if marker in cmdline.read().decode(errors="replace"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _sleep_through_interrupts(seconds: float) -> None:
+    """Sleep ``seconds``, ignoring KeyboardInterrupts, as work that must not be broken into does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
 
 
 def save_slowly_when_interrupted(job: tuple[float, str]) -> float:
@@ -126,12 +153,7 @@ def save_slowly_when_interrupted(job: tuple[float, str]) -> float:
             time.sleep(0.05)
     except KeyboardInterrupt:
         pass
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            time.sleep(0.05)
-        except KeyboardInterrupt:  # a save must not be broken into
-            pass
+    _sleep_through_interrupts(seconds)  # a save must not be broken into
     Path(saved).write_text("saved")
     return seconds
 
@@ -141,10 +163,5 @@ def finish_despite_interrupts(job: tuple[float, str]) -> float:
     interrupts or not, as a run in its last steps does; returns ``job[0]``."""
     seconds, started = job
     Path(started).touch()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            time.sleep(0.05)
-        except KeyboardInterrupt:
-            pass
+    _sleep_through_interrupts(seconds)
     return seconds

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from helpers import interrupt_training_at, live_group_members, rewrite_zip_member, signal_when
+from helpers import children, interrupt_training_at, live_group_members, rewrite_zip_member, signal_when
 
 from ctm_rl import compare, report
 from ctm_rl.compare import RunInterrupted
@@ -460,24 +460,6 @@ def test_sigterm_stops_a_serial_comparison_whose_run_saves_what_it_learned(tmp_p
     assert (out / "runs" / "ctm" / "seed0" / "model.zip").exists()
 
 
-def _children(parent, marker):
-    """Process ids whose parent is ``parent`` and whose command line holds ``marker`` (Linux /proc)."""
-    import os
-
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read().decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and marker in command:
-            found.append(int(entry))
-    return found
-
-
 @pytest.mark.skipif(not __import__("os").path.exists("/proc"), reason="reads /proc")
 def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
     import os
@@ -495,7 +477,7 @@ def test_workers_of_a_killed_comparison_stop_instead_of_training_on(tmp_path):
         while len(list(out.glob("runs/ctm/seed*/eval/evaluations.npz"))) < 2:
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.5)
-        assert len(_children(process.pid, "spawn_main")) == 2
+        assert len(children(process.pid, "spawn_main")) == 2
         os.kill(process.pid, signal.SIGKILL)  # the comparison dies without a chance to stop its workers
         process.wait()
         # A worker stuck in its run leaves after two minutes, saying where it was stuck.
