@@ -29,7 +29,7 @@ from torch import nn
 from ctm_rl.envs import ResolvedEnv, make_single_env, resolve_env
 from ctm_rl.errors import ConfigError
 from ctm_rl.model.config import CtmConfig, is_int
-from ctm_rl.sb3.lstm import LstmPolicy, check_lstm_arguments, lstm_policy_kwargs, match_lstm_hidden_size
+from ctm_rl.sb3.lstm import LSTM_DEFAULTS, LstmPolicy, check_lstm_arguments, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.sb3.policy import CtmPolicy, check_policy_arguments
 
 PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "normalize_reward", "algo", "policy_kwargs", "tuning")
@@ -78,7 +78,7 @@ def _check_ctm_policy(policy_kwargs: Mapping[str, Any]) -> None:
 
 
 def _check_lstm_policy(policy_kwargs: Mapping[str, Any]) -> None:
-    check_lstm_arguments(_policy_arguments(policy_kwargs))
+    check_lstm_arguments({**LSTM_DEFAULTS, **_policy_arguments(policy_kwargs)})
 
 
 def _lstm_policy(policy_kwargs: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:

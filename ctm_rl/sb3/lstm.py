@@ -82,10 +82,9 @@ def check_lstm_arguments(arguments: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` for :class:`LstmPolicy` arguments that contradict each other, before anything
     is built.
 
-    :param arguments: ``LstmPolicy`` keyword arguments; those left out take the baseline's defaults
-        (:data:`LSTM_DEFAULTS`, then the policy's own).
+    :param arguments: ``LstmPolicy`` keyword arguments; those left out take the policy's defaults.
     """
-    given = {**_LSTM_POLICY_DEFAULTS, **LSTM_DEFAULTS, **arguments}
+    given = {**_LSTM_POLICY_DEFAULTS, **arguments}
     check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
     if not given["detach_critic"] and not given["shared_lstm"]:
         raise ConfigError("detach_critic=False applies to a shared LSTM (shared_lstm=True); a separate critic "
