@@ -72,3 +72,11 @@ def test_the_value_loss_trains_the_shared_lstm_only_when_the_critic_is_not_detac
 def test_an_undetached_critic_needs_a_shared_lstm():
     with pytest.raises(ConfigError, match="detach_critic=False applies to a shared LSTM"):
         _lstm_policy(shared_lstm=False, enable_critic_lstm=True, detach_critic=False)
+
+
+def test_an_lstm_policy_built_directly_is_checked_with_its_own_unshared_default():
+    """Built without the baseline's keyword arguments, ``LstmPolicy`` keeps sb3-contrib's ``shared_lstm=False``,
+    so ``detach_critic=False`` contradicts it even though the baseline's defaults would share the LSTM."""
+    env = make_single_env(resolve_env("CartPole-NoVel"))
+    with pytest.raises(ConfigError, match="detach_critic=False applies to a shared LSTM"):
+        LstmPolicy(env.observation_space, env.action_space, lambda _: 1e-3, detach_critic=False)
