@@ -33,7 +33,7 @@ import yaml
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.interrupts import terminate_as_interrupt
+from ctm_rl.interrupts import terminate_as_interrupt, write_atomically
 from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, ROLLOUT_SETTINGS, AgentSpec, CompareConfig,
                          read_comparison_config, run_dir_of, safe_name)
 
@@ -80,7 +80,11 @@ def continuable_steps(job: RunJob) -> int | None:
     the attempt trained the same configuration (only device, progress bar and checkpoint interval may differ);
     ``None`` if the run must start from scratch, as every run does in a comparison without checkpoints. A save
     may hold the whole budget: the attempt finished training, but the comparison stopped before writing its
-    record."""
+    record.
+
+    :raises ConfigError: if the folder holds saves but its configuration cannot be read: starting from scratch
+        would delete them.
+    """
     from ctm_rl.sb3.checkpoints import saved_steps, saves_newest_first
     from ctm_rl.train import CONFIG_FILE as RUN_CONFIG_FILE, read_run_config
 
@@ -89,8 +93,12 @@ def continuable_steps(job: RunJob) -> int | None:
         return None
     try:
         saved = read_run_config(run_dir).to_dict()
-    except CtmRlError:
-        return None
+    except CtmRlError as error:
+        if not saves_newest_first(run_dir):
+            return None  # nothing to lose
+        raise ConfigError(f"{run_dir} holds saves, but its {RUN_CONFIG_FILE} cannot be read ({error}), so the saves "
+                          f"cannot be checked against this comparison. Fix: restore it, or delete {run_dir} to "
+                          f"train the run from scratch.") from None
     if _what_it_computes(saved) != _what_it_computes(job.config):
         return None
     for path in saves_newest_first(run_dir):
@@ -287,13 +295,6 @@ def plan(config: CompareConfig, out: Path, device: str = "auto", threads: int = 
             for label, train_config in agent_configs(config, device).items() for seed in config.seeds]
 
 
-def _write_result(job: RunJob, result: dict[str, Any]) -> None:
-    path = Path(job.run_dir) / RESULT_FILE
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result))
-    temporary.replace(path)  # a result is either complete or absent
-
-
 def run_comparison(config: CompareConfig, out: Path, backend: str = "local", workers: int | None = None,
                    device: str = "auto", ray_address: str | None = None, cpus_per_run: float = 1.0,
                    gpus_per_run: float = 0.0, argv: list[str] | None = None) -> list[tuple[str, int]]:
@@ -338,7 +339,7 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     except OSError as error:
         raise ConfigError(f"Cannot create the comparison folder {out} ({error.strerror or error}). Fix: give --out a "
                           f"folder you can write to.") from None
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomically(out / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     if command:
         with open(out / COMMAND_FILE, "a") as file:
             file.write(command + "\n")
@@ -352,7 +353,7 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     failures: list[str] = []
 
     def finished(job: RunJob, result: dict[str, Any]) -> None:
-        _write_result(job, result)
+        write_atomically(Path(job.run_dir) / RESULT_FILE, json.dumps(result))  # a result is complete or absent
         print(f"  done: {job.agent} seed {job.seed}: final return {result['evaluations']['return_mean'][-1]:.3g}, "
               f"{result['steps_per_second']:.0f} steps/s, {result['wall_time_s'] / 60:.1f} min", flush=True)
 

@@ -1,6 +1,7 @@
 """Stopping a command from outside. SIGTERM, what ``kill``, batch schedulers at their time limit and container
 stops send, is handled like Ctrl-C: the running training saves what it learned and the command ends with
-status 130, instead of dying with everything since the last checkpoint lost.
+status 130, instead of dying with everything since the last checkpoint lost. Files a resume reads are replaced
+whole (:func:`write_atomically`), so a stop never leaves one of them cut short.
 
 An interrupt is also remembered as a stop request (:func:`stop_requested`), which training checks at every step
 (:class:`ctm_rl.sb3.callbacks.StopOnRequest`): the :class:`KeyboardInterrupt` a handler raises can be lost, for
@@ -13,6 +14,7 @@ import contextlib
 import functools
 import signal
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 Main = TypeVar("Main", bound=Callable[..., Any])
@@ -72,6 +74,23 @@ def signals_held() -> Iterator[None]:
             signal.signal(signum, handler)
         for signum in held:
             signal.raise_signal(signum)  # its handler runs now, after the save
+
+
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Replace the file at ``path`` by ``content`` so that a reader finds the old file or the new one, never a
+    part: ``content`` goes to a temporary file beside it, which then takes its name, while interrupts wait
+    (:func:`signals_held`). An error while writing removes the temporary file and leaves ``path`` as it was."""
+    temporary = path.with_name(path.name + ".tmp")
+    with signals_held():
+        try:
+            if isinstance(content, str):
+                temporary.write_text(content)
+            else:
+                temporary.write_bytes(content)
+            temporary.replace(path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 def terminate_as_interrupt(main: Main) -> Main:

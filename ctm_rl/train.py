@@ -28,7 +28,7 @@ from ctm_rl.config import TrainConfig, parse_key_values, resolve_config
 from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.envs.normalization import normalize_rewards, unnormalized_twin
 from ctm_rl.errors import ConfigError, CtmRlError
-from ctm_rl.interrupts import stop_requested, terminate_as_interrupt
+from ctm_rl.interrupts import stop_requested, terminate_as_interrupt, write_atomically
 from ctm_rl.sb3.callbacks import RollingCheckpointCallback, StopOnRequest, TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
@@ -180,8 +180,7 @@ def build_model(config: TrainConfig, venv: VecEnv, run_dir: Path) -> RecurrentPP
 
 def record_resume(run_dir: Path, steps: int) -> None:
     """Add ``steps``, the step count of the save a resume loaded, to the run folder's :data:`RESUMES_FILE`."""
-    path = run_dir / RESUMES_FILE
-    path.write_text(json.dumps(resumed_steps(run_dir) + [steps]))
+    write_atomically(run_dir / RESUMES_FILE, json.dumps(resumed_steps(run_dir) + [steps]))
 
 
 def resumed_steps(run_dir: Path) -> list[int]:
@@ -217,7 +216,8 @@ def train(config: TrainConfig, env: ResolvedEnv, run_dir: Path, resume: bool = F
             model, source = load_newest(run_dir, lambda: build_model(config, venv, run_dir), config.device,
                                         warn=lambda line: print(line, file=sys.stderr))
             print(f"Resuming from {source.relative_to(run_dir)} ({model.num_timesteps} steps).")
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        # Rewritten on every resume, and read by the next one: a file cut short would lose the run's saves.
+        write_atomically(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         remaining = config.timesteps - model.num_timesteps
         if remaining <= 0:
             print(f"Run already has {model.num_timesteps} of {config.timesteps} steps; nothing to do.")

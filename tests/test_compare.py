@@ -269,6 +269,21 @@ def test_a_save_of_other_settings_is_not_continued(tmp_path, monkeypatch, capsys
     assert result["resumed_at"] == [] and result["algo"]["clip_range"] == 0.2
 
 
+def test_a_save_whose_config_is_damaged_is_kept_and_the_comparison_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
+    interrupt_training_at(monkeypatch, 300)
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 130
+    monkeypatch.undo()
+    (run_dir / "config.yaml").write_text("env: [cut short")
+    saves = sorted(path.relative_to(run_dir) for path in run_dir.rglob("*.zip"))
+    capsys.readouterr()
+    assert compare.main([*RESUMABLE, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml cannot be read" in err and f"delete {run_dir}" in err and "Traceback" not in err
+    assert sorted(path.relative_to(run_dir) for path in run_dir.rglob("*.zip")) == saves and saves
+    assert not (run_dir / "result.json").exists()
+
+
 def test_without_checkpoints_an_interrupted_run_starts_over(tmp_path, monkeypatch, capsys):
     out, run_dir = tmp_path / "cmp", tmp_path / "cmp" / "runs" / "ctm" / "seed0"
     uninterrupted = [*RESUMABLE, "--checkpoint-freq", "0"]  # the last value given wins

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import ctm_rl.train as train_module
 from ctm_rl import backends
-from ctm_rl.interrupts import clear_stop_request
+from ctm_rl.interrupts import clear_stop_request, write_atomically
 from ctm_rl.sb3.checkpoints import saved_steps
 
 TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
@@ -335,6 +336,43 @@ def _plant_payload(model_zip, marker):
         return json.dumps(data).encode()
 
     rewrite_zip_member(model_zip, "data", plant)
+
+
+@pytest.mark.parametrize("content", ["[64, 128]", b"PK\x03\x04 an old zip"])
+def test_a_file_replaced_whole_keeps_its_old_content_when_the_write_is_cut_short(tmp_path, monkeypatch, content):
+    # An interrupt lands while the new content is written: the reader must find the old file, and nothing else.
+    path = tmp_path / "state"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def cut_short(self, data, *args, **kwargs):
+        with open(self, "wb") as file:
+            file.write((data.encode() if isinstance(data, str) else data)[:3])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    monkeypatch.setattr(Path, "write_bytes", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, content + content)
+    monkeypatch.undo()
+    assert path.read_bytes() == (content.encode() if isinstance(content, str) else content)
+    assert [entry.name for entry in tmp_path.iterdir()] == ["state"]
+
+
+def test_a_resume_record_cut_short_keeps_the_resumes_before_it(tmp_path, monkeypatch):
+    train_module.record_resume(tmp_path, 64)
+
+    def cut_short(self, data, *args, **kwargs):
+        with open(self, "w") as file:
+            file.write(data[:2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.record_resume(tmp_path, 128)
+    monkeypatch.undo()
+    assert train_module.resumed_steps(tmp_path) == [64]
+    train_module.record_resume(tmp_path, 128)
+    assert train_module.resumed_steps(tmp_path) == [64, 128]
 
 
 def test_resume_never_unpickles_a_planted_payload(tmp_path):

@@ -3,6 +3,7 @@ keep only the newest few, and a stop when an interrupt asked for one."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from ctm_rl.interrupts import signals_held, stop_requested
+from ctm_rl.interrupts import stop_requested, write_atomically
 from ctm_rl.sb3.checkpoints import named_steps
 
 
@@ -141,10 +142,12 @@ class TimedEvalCallback(EvalCallback):
 
     def _save(self) -> None:
         extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
-        with signals_held():  # a file cut short would lose every evaluation so far
-            np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
-                     ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
-                     train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)
+        content = io.BytesIO()
+        np.savez(content, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
+                 ep_lengths=self.evaluations_length, wall_time=self.evaluations_wall_time,
+                 train_time=self.evaluations_train_time, time_limit_fraction=self.evaluations_time_limit, **extra)
+        # SB3 names the file without its suffix, which np.savez adds; a file cut short would lose every evaluation.
+        write_atomically(Path(f"{self.log_path}.npz"), content.getvalue())
 
 
 class RollingCheckpointCallback(CheckpointCallback):
