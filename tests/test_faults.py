@@ -259,26 +259,55 @@ def test_a_worker_of_a_killed_comparison_waits_for_its_runs_slow_save_and_then_l
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_an_interrupt_that_cuts_sb3s_evaluations_file_short_leaves_a_complete_one(tmp_path, monkeypatch):
-    # Ctrl-C lands while SB3's EvalCallback writes its part of evaluations.npz: the file it leaves is cut short, and
-    # the run's evaluations so far would be lost with it.
-    import stable_baselines3.common.callbacks as sb3_callbacks
+class _Killed(BaseException):
+    """A stand-in for SIGKILL: nothing in the package catches it, so no handler repairs what it left."""
 
-    class NumpyWithInterruptedSave:
+
+def _numpy_whose_savez_is_cut_short(stop, after=0):
+    """``numpy`` for SB3's callbacks, whose ``savez`` writes its first ``after`` files in full and then cuts one short,
+    writing the start of a zip wherever it was asked to, and raises ``stop``."""
+
+    class NumpyWithSaveCutShort:
+        calls = 0
+
         def __getattr__(self, name):
             return getattr(np, name)
 
-        @staticmethod
-        def savez(path, **arrays):
-            with open(str(path) + ".npz", "wb") as file:
+        def savez(self, file, **arrays):
+            NumpyWithSaveCutShort.calls += 1
+            if NumpyWithSaveCutShort.calls <= after:
+                return np.savez(file, **arrays)
+            if hasattr(file, "write"):
                 file.write(b"PK\x03\x04")  # the start of a zip, and no more
-            raise KeyboardInterrupt
+            else:
+                with open(str(file) + ".npz", "wb") as opened:
+                    opened.write(b"PK\x03\x04")
+            raise stop
 
-    monkeypatch.setattr(sb3_callbacks, "np", NumpyWithInterruptedSave())
+    return NumpyWithSaveCutShort()
+
+
+def test_an_interrupt_while_sb3_writes_its_evaluations_leaves_a_complete_file(tmp_path, monkeypatch):
+    # Ctrl-C lands while SB3's EvalCallback writes its record of the first evaluation: the file must hold it whole.
+    import stable_baselines3.common.callbacks as sb3_callbacks
+
+    monkeypatch.setattr(sb3_callbacks, "np", _numpy_whose_savez_is_cut_short(KeyboardInterrupt))
     assert run(tmp_path, "--timesteps", "5000", "--eval-freq", "64", "--checkpoint-freq", "0", *TINY) == 130
     with np.load(tmp_path / "CartPole-NoVel" / "ctm-seed0" / "eval" / "evaluations.npz") as data:
         lengths = {name: len(data[name]) for name in data.files}
     assert lengths["timesteps"] == 1 and set(lengths.values()) == {1}, lengths
+
+
+def test_a_kill_while_sb3_writes_its_evaluations_keeps_the_evaluations_before(tmp_path, monkeypatch):
+    # The process dies, with no handler to repair anything, while SB3's EvalCallback writes its record of the
+    # second evaluation: the file on disk must still hold the first one.
+    import stable_baselines3.common.callbacks as sb3_callbacks
+
+    monkeypatch.setattr(sb3_callbacks, "np", _numpy_whose_savez_is_cut_short(_Killed, after=1))
+    with pytest.raises(_Killed):
+        run(tmp_path, "--timesteps", "5000", "--eval-freq", "64", "--checkpoint-freq", "0", *TINY)
+    timesteps, returns = _evaluations(tmp_path / "CartPole-NoVel" / "ctm-seed0")
+    assert timesteps == [64] and len(returns) == 1
 
 
 class _SignalOnWrite:
@@ -338,19 +367,21 @@ def _plant_payload(model_zip, marker):
     rewrite_zip_member(model_zip, "data", plant)
 
 
+def _write_cut_short(path, data, *args, **kwargs):
+    """``Path.write_text`` or ``write_bytes`` as an interrupt cuts it short: the first bytes, then the interrupt."""
+    with open(path, "wb") as file:
+        file.write((data.encode() if isinstance(data, str) else data)[:3])
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("content", ["[64, 128]", b"PK\x03\x04 an old zip"])
 def test_a_file_replaced_whole_keeps_its_old_content_when_the_write_is_cut_short(tmp_path, monkeypatch, content):
     # An interrupt lands while the new content is written: the reader must find the old file, and nothing else.
     path = tmp_path / "state"
     path.write_bytes(content.encode() if isinstance(content, str) else content)
 
-    def cut_short(self, data, *args, **kwargs):
-        with open(self, "wb") as file:
-            file.write((data.encode() if isinstance(data, str) else data)[:3])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_text", cut_short)
-    monkeypatch.setattr(Path, "write_bytes", cut_short)
+    monkeypatch.setattr(Path, "write_text", _write_cut_short)
+    monkeypatch.setattr(Path, "write_bytes", _write_cut_short)
     with pytest.raises(KeyboardInterrupt):
         write_atomically(path, content + content)
     monkeypatch.undo()
@@ -361,12 +392,7 @@ def test_a_file_replaced_whole_keeps_its_old_content_when_the_write_is_cut_short
 def test_a_resume_record_cut_short_keeps_the_resumes_before_it(tmp_path, monkeypatch):
     train_module.record_resume(tmp_path, 64)
 
-    def cut_short(self, data, *args, **kwargs):
-        with open(self, "w") as file:
-            file.write(data[:2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_text", cut_short)
+    monkeypatch.setattr(Path, "write_text", _write_cut_short)
     with pytest.raises(KeyboardInterrupt):
         train_module.record_resume(tmp_path, 128)
     monkeypatch.undo()

@@ -113,14 +113,21 @@ class TimedEvalCallback(EvalCallback):
     def _on_step(self) -> bool:
         evaluated_before = len(self.evaluations_timesteps)
         began = time.perf_counter()
+        # SB3 records an evaluation only where it has a log path, and then writes its own copy of the file in
+        # place, which an interrupt or a kill can cut short: it writes into a buffer instead, and the file is
+        # replaced whole with the timings added (_save).
+        log_path, self.log_path = self.log_path, io.BytesIO()
         try:
             continue_training = super()._on_step()
         except KeyboardInterrupt:
-            # SB3 writes its part of the evaluations file before the best model, and an interrupt in either leaves
-            # that file cut short or without this evaluation's timings: complete and rewrite it before stopping.
+            # An interrupt after SB3 recorded the evaluation (while it wrote its buffer or saved the best model):
+            # add the timings and write the file before stopping.
+            self.log_path = log_path
             if len(self.evaluations_timesteps) > evaluated_before:
                 self._record_evaluation(began)
             raise
+        finally:
+            self.log_path = log_path
         if len(self.evaluations_timesteps) > evaluated_before:
             self._record_evaluation(began)
         return continue_training
