@@ -17,6 +17,7 @@ point. Running the same command again continues the study (its SQLite file sits 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import shlex
 import sys
@@ -188,8 +189,21 @@ def open_study(config: TuneConfig, storage: str, study_name: str):
                                pruner=pruner, load_if_exists=True)
 
 
+class _InterruptWithoutTraceback(logging.Filter):
+    """Keeps Optuna's line about a trial failed by an interrupt and drops the traceback it adds: the interrupt is
+    the user's, not an error in the trial."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
 def _work(config: TuneConfig, storage: str, study_name: str, study_dir: Path, trials: int) -> None:
     """One process's share of the trials (a module-level function: worker processes import it by name)."""
+    trial_log = logging.getLogger("optuna.study._optimize")  # where Optuna reports a failed trial
+    if not any(isinstance(existing, _InterruptWithoutTraceback) for existing in trial_log.filters):
+        trial_log.addFilter(_InterruptWithoutTraceback())
     study = open_study(config, storage, study_name)
     study.optimize(objective(config, study_dir, search_space(config.agent, config.env)), n_trials=trials,
                    catch=(CtmRlError,))
@@ -312,14 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         study_dir = Path(args.out or Path("studies") / safe_name(f"{args.env}-{Path(args.agent).stem}"))
-        study = run_study(config, study_dir, args.storage, args.study_name, args.n_jobs, args.save_preset)
-        with open(study_dir / "command.txt", "a") as command:
-            command.write(shlex.join([sys.executable, "-m", "ctm_rl.tune", *argv]) + "\n")
-        (study_dir / "tune.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        try:
+            study = run_study(config, study_dir, args.storage, args.study_name, args.n_jobs, args.save_preset)
+        finally:
+            if study_dir.is_dir():  # the study began (bad settings are refused before its folder exists)
+                with open(study_dir / "command.txt", "a") as command:
+                    command.write(shlex.join([sys.executable, "-m", "ctm_rl.tune", *argv]) + "\n")
+                (study_dir / "tune.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     except CtmRlError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("Interrupted: the trial under way is recorded as failed and its run folder kept; the trials before it "
+              "stay in the study, and the same command adds new ones.", file=sys.stderr)
         return 130
     states = [trial.state.name for trial in study.trials]
     print(f"Study {study.study_name}: {len(states)} trials ({states.count('COMPLETE')} complete, "

@@ -1,5 +1,6 @@
 """python -m ctm_rl.tune: a study in SQLite with pruning, resuming it, and the saved preset training."""
 
+import logging
 import signal
 
 import pytest
@@ -32,6 +33,17 @@ def tiny_agent(tmp_path):
         {"default": {"max_steps": {"type": "categorical", "choices": [5, 200]},
                      "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}))
     return folder / "tiny.yml"
+
+
+class _Records(logging.Handler):
+    """Keeps the log records it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 def _config(agent, trials):
@@ -67,13 +79,24 @@ def test_a_study_prunes_resumes_and_its_best_preset_trains(tmp_path, tiny_agent)
     assert config["max_steps"] == 200 and config["policy_kwargs"]["d_model"] == 16
 
 
-def test_sigterm_during_a_trial_stops_the_study_without_making_the_cut_run_a_result(tmp_path, tiny_agent, monkeypatch):
+def test_sigterm_during_a_trial_stops_the_study_without_making_the_cut_run_a_result(tmp_path, tiny_agent, monkeypatch,
+                                                                                  capfd):
     # The trial's training saves and stops at the interrupt; its evaluation at 32 steps must not become the value
     # of a finished trial, and the study must not go on to its next trial.
     interrupt_training_at(monkeypatch, 40, signal_number=signal.SIGTERM)
     study_dir = tmp_path / "study"
-    assert tune.main(["--agent", str(tiny_agent), "--trials", "2", "--timesteps", "96", "--eval-freq", "32",
-                      "--eval-episodes", "2", "--startup-trials", "1", "--out", str(study_dir)]) == 130
+    argv = ["--agent", str(tiny_agent), "--trials", "2", "--timesteps", "96", "--eval-freq", "32", "--eval-episodes",
+            "2", "--startup-trials", "1", "--out", str(study_dir)]
+    reports = _Records()
+    logging.getLogger("optuna.study._optimize").addHandler(reports)
+    try:
+        assert tune.main(argv) == 130
+    finally:
+        logging.getLogger("optuna.study._optimize").removeHandler(reports)
+    # It says so in lines, not a traceback, and the study folder records the command that a resume repeats.
+    assert [record.exc_info for record in reports.records if "KeyboardInterrupt" in record.getMessage()] == [None]
+    assert "Interrupted: the trial under way is recorded as failed" in capfd.readouterr().err
+    assert (study_dir / "command.txt").read_text().split("\n")[0].endswith(" ".join(argv))
     study = tune.open_study(_config(tiny_agent, 0), f"sqlite:///{study_dir / 'study.db'}", "CartPole-NoVel-tiny")
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.FAIL]
     assert saved_steps(study_dir / "trials" / "trial0" / "seed0" / "model.zip") < 96
