@@ -497,3 +497,32 @@ def test_multibinary_actions_train(kind):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
     actions, _ = model.predict(np.zeros((2, 3), np.float32))
     assert actions.shape == (2, 3) and set(np.unique(actions)) <= {0, 1}
+
+
+@pytest.mark.parametrize("normalize_output", [False, "layer", "rms"])
+def test_normalize_output_sets_what_each_step_of_the_heads_input_is_scaled_to(tmp_path, normalize_output):
+    model = small_model(normalize_output=normalize_output)
+    policy = model.policy
+    read = []
+    policy.mlp_extractor.policy_net.register_forward_hook(lambda module, inputs, output: read.append(inputs[0].detach()))
+    obs = torch.as_tensor(model.env.reset())
+    states = RNNStates(_flat_start_traces(policy, 4), _flat_start_traces(policy, 4))
+    with torch.no_grad():
+        policy.evaluate_actions(obs, torch.zeros(4, dtype=torch.long), states, torch.ones(4))
+    rows = read[0]  # (4, pairs): one row per env's step
+    rms = rows.square().mean(dim=-1).sqrt()
+    if normalize_output is False:
+        assert float(rms.max()) < 0.1  # the raw synchronisation of a fresh CTM is small
+    elif normalize_output == "rms":
+        torch.testing.assert_close(rms, torch.ones_like(rms))  # every step at unit scale, from the first update
+        assert float(rows.mean(dim=-1).abs().min()) > 1e-2  # not centred
+    else:
+        torch.testing.assert_close(rows.mean(dim=-1), torch.zeros(4), atol=1e-5, rtol=0)
+    model.save(tmp_path / "model.zip")
+    assert type(model).load(tmp_path / "model.zip").policy.normalize_output == normalize_output
+
+
+@pytest.mark.parametrize("choice", ["batch", 1, None])
+def test_a_bad_normalize_output_is_refused_with_the_fix(choice):
+    with pytest.raises(ConfigError, match="normalize_output must be false, true, layer or rms"):
+        small_model(normalize_output=choice)

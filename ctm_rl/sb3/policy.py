@@ -8,7 +8,7 @@ post-activation trace, ``hidden = d_model * memory_length``.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -89,12 +89,15 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         through ``torch.compile``: ``True`` for the defaults of :class:`ctm_rl.model.compiled.CompiledStep` (one graph,
         and a CUDA graph on GPU), or a mapping of ``torch.compile`` arguments. The first rollout compiles
         (minutes on a small CPU); the results equal the eager step's up to float rounding.
-    :param normalize_output: apply a LayerNorm (with learned gain and bias) to the synchronisation before the
-        actor and critic heads, so that the heads read unit-scale inputs whatever the traces' scale.
+    :param normalize_output: normalise each step's synchronisation before the actor and critic heads, so that
+        the heads read unit-scale inputs whatever the traces' scale: ``True`` or ``"layer"`` for a LayerNorm
+        (centred, with learned gain and bias), ``"rms"`` for an RMSNorm (scaled to unit root mean square, not
+        centred, with a learned gain), ``False`` for neither. Per-step normalisation gives every state's logits
+        the same scale; without it the logits of a ReLU head grow with the synchronisation's size at that step.
     :param standardize_output: standardise each synchronisation pair by running estimates of its mean and
         standard deviation over the rollout steps (:class:`~ctm_rl.sb3.standardizer.RunningStandardizer`, which
         ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the
-        heads (and before ``normalize_output``'s LayerNorm), so that the heads read the synchronisation's variation
+        heads (and before ``normalize_output``'s normalisation), so that the heads read the synchronisation's variation
         across the visited steps at unit scale, whatever its size.
     :param standardize_momentum: with ``standardize_output``, the share of the estimates each update's rollout
         replaces (the first rollout's replace them whole); 0 keeps the first rollout's map for the whole run, a
@@ -133,7 +136,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         share_ctm: bool = True,
         project_cells: bool = True,
         compile_rollout: CompileOption = False,
-        normalize_output: bool = False,
+        normalize_output: bool | str = False,
         standardize_output: bool = False,
         standardize_momentum: float = 0.1,
         detach_critic: bool = False,
@@ -163,7 +166,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
             "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
             "standardize_momentum": standardize_momentum, "hidden_gain": hidden_gain, "action_gain": action_gain,
-            "ortho_init": ortho_init,
+            "ortho_init": ortho_init, "normalize_output": normalize_output,
         })
         self.d_input = d_input
         self.carry_traces = carry_traces
@@ -199,8 +202,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.ctm = ContinuousThoughtMachine(self.features_dim, self.ctm_config)
         self.critic_ctm = None if self.share_ctm else ContinuousThoughtMachine(self.features_dim, self.ctm_config)
         width = self.ctm.output_size
-        self.output_norm = nn.LayerNorm(width) if self.normalize_output else nn.Identity()
-        self.critic_output_norm = (nn.LayerNorm(width) if self.normalize_output and not self.share_ctm
+        self.output_norm = output_normalisation(self.normalize_output, width)
+        self.critic_output_norm = (output_normalisation(self.normalize_output, width) if not self.share_ctm
                                    else self.output_norm)
 
         def standardizer() -> nn.Module:
@@ -407,6 +410,20 @@ _POLICY_DEFAULTS = {name: parameter.default for name, parameter in inspect.signa
                     if parameter.default is not inspect.Parameter.empty}
 
 
+# The RMSNorm's epsilon is far below the squared scale of a fresh CTM's synchronisation (RMS about 1e-3), so that
+# every step's input reaches unit scale from the first update; torch's default (float32's resolution, 1.2e-7)
+# would leave it a few percent short there, and a larger one far short.
+_OUTPUT_NORMALISATIONS: dict[Any, Callable[[int], nn.Module]] = {
+    False: lambda width: nn.Identity(), True: nn.LayerNorm, "layer": nn.LayerNorm,
+    "rms": lambda width: nn.RMSNorm(width, eps=1e-12),
+}
+
+
+def output_normalisation(choice: bool | str, width: int) -> nn.Module:
+    """The module ``normalize_output=choice`` puts between a synchronisation of ``width`` pairs and the heads."""
+    return _OUTPUT_NORMALISATIONS[choice](width)
+
+
 def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` for :class:`CtmPolicy` arguments that are out of range or contradict each other,
     before anything is built (the CTM's own are :class:`CtmConfig`'s to check).
@@ -422,6 +439,10 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
         raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own. "
                           "Fix: drop detach_critic, or set share_ctm=true.")
     check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
+    if not isinstance(given["normalize_output"], (bool, str)) or given["normalize_output"] not in _OUTPUT_NORMALISATIONS:
+        raise ConfigError(f"normalize_output must be false, true, layer or rms, got {given['normalize_output']!r}. "
+                          "Fix: normalize_output=rms scales each step's synchronisation to unit size, "
+                          "normalize_output=layer also centres it.")
     momentum = given["standardize_momentum"]
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"standardize_momentum must be in [0, 1], got {momentum!r}. Fix: 0.1 follows the rollouts, "
