@@ -165,10 +165,31 @@ def test_a_saved_random_selection_loads_into_a_model_whose_own_draw_differs():
     (dict(nlm_temperature=-1.0), "nlm_temperature must be a number > 0"),
     (dict(nlm_temperature="1"), "nlm_temperature must be a number > 0"),
     (dict(nlm_temperature=True), "nlm_temperature must be a number > 0"),
+    (dict(start_pre_rms=0.0), "start_pre_rms must be a number > 0"),
+    (dict(start_pre_rms="1"), "start_pre_rms must be a number > 0"),
 ])
 def test_bad_hyperparameters_raise_clear_errors_when_the_config_is_made(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         CtmConfig(**kwargs)
+
+
+@pytest.mark.parametrize("start_pre_rms", [None, 1.0, 0.3])
+def test_start_pre_rms_sets_the_start_pre_activation_traces_scale_and_leaves_the_rest_as_the_reference(start_pre_rms):
+    config = dict(d_model=64, memory_length=10, n_synch_out=4)
+    torch.manual_seed(0)
+    reference = ContinuousThoughtMachine(4, CtmConfig(**config))
+    torch.manual_seed(0)
+    ctm = ContinuousThoughtMachine(4, CtmConfig(**config, start_pre_rms=start_pre_rms))
+    bound = (1 / (64 + 10)) ** 0.5  # the reference's: uniform within ±sqrt(1 / (d_model + memory_length))
+    expected = bound / 3 ** 0.5 if start_pre_rms is None else start_pre_rms
+    rms = float(ctm.start_pre_trace.detach().square().mean().sqrt())
+    assert abs(rms - expected) < 0.05 * expected
+    # The same draw, scaled: every other parameter, the start post-activations included, is the reference's.
+    torch.testing.assert_close(ctm.start_pre_trace / ctm.start_pre_trace.abs().max(),
+                               reference.start_pre_trace / reference.start_pre_trace.abs().max())
+    for (name, parameter), (_, expected_parameter) in zip(ctm.named_parameters(), reference.named_parameters()):
+        if name != "start_pre_trace":
+            assert torch.equal(parameter, expected_parameter), name
 
 
 @pytest.mark.parametrize("memory_length, nlm_history, inputs", [(10, None, 10), (10, 4, 4), (3, 10, 3), (5, 5, 5)])

@@ -58,6 +58,12 @@ class CtmConfig:
     high]`` to spread the pairs' rates evenly from ``low`` to ``high``, so that some pairs read the whole window
     and others its newest columns. The reference starts at 0, an even average over the window; 3 starts the
     output on the newest columns (a deviation, see the README)."""
+    start_pre_rms: float | None = None
+    """Root mean square of the learned start trace of pre-activations at initialisation (drawn uniformly);
+    ``None`` draws it as the reference does, within ``±sqrt(1 / (d_model + memory_length))`` (an RMS of about
+    0.035 for 256 neurons), far below the unit scale of the synapses' layer-normed pre-activations, so that after
+    every reset the neuron-level models read a nearly silent history until real pre-activations fill it. 1
+    starts the trace at the pre-activations' own scale."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "ticks", "memory_length", "synapse_depth", "n_synch_out"):
@@ -84,6 +90,11 @@ class CtmConfig:
                 f"{self.d_model}, raise d_model, or draw the pairs at random (neuron_select=random-pairing)."
             )
         decay_range(self.initial_decay)
+        if self.start_pre_rms is not None and not (
+                isinstance(self.start_pre_rms, (int, float)) and not isinstance(self.start_pre_rms, bool)
+                and self.start_pre_rms > 0):
+            raise ConfigError(f"start_pre_rms must be a number > 0, or null for the reference's initialisation, got "
+                              f"{self.start_pre_rms!r}. Fix: pass start_pre_rms=1.0 or start_pre_rms=null.")
 
     @property
     def nlm_inputs(self) -> int:

@@ -81,7 +81,10 @@ class ContinuousThoughtMachine(nn.Module):
         self.synchronisation = Synchronisation(config.d_model, config.n_synch_out, config.neuron_select,
                                                config.memory_length, initial_decay=config.initial_decay)
         bound = math.sqrt(1.0 / (config.d_model + config.memory_length))
-        self.start_pre_trace = nn.Parameter(torch.empty(config.d_model, config.memory_length).uniform_(-bound, bound))
+        # A uniform draw within ±b has an RMS of b / sqrt(3).
+        pre_bound = bound if config.start_pre_rms is None else config.start_pre_rms * math.sqrt(3.0)
+        self.start_pre_trace = nn.Parameter(
+            torch.empty(config.d_model, config.memory_length).uniform_(-pre_bound, pre_bound))
         self.start_post_trace = nn.Parameter(torch.empty(config.d_model, config.memory_length).uniform_(-bound, bound))
 
     @property

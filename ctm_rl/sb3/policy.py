@@ -75,7 +75,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param action_space: action space (Discrete, MultiDiscrete, MultiBinary or Box).
     :param lr_schedule: learning-rate schedule.
     :param d_model: the CTM's hyperparameters (with ``ticks``, ``memory_length``, ``nlm_history``, ``nlm_hidden``,
-        ``nlm_temperature``, ``synapse_depth``, ``n_synch_out``, ``neuron_select`` and ``initial_decay``), documented and validated by
+        ``nlm_temperature``, ``synapse_depth``, ``n_synch_out``, ``neuron_select``, ``initial_decay`` and ``start_pre_rms``), documented and validated by
         :class:`~ctm_rl.model.config.CtmConfig`, whose defaults they take.
     :param d_input: width of the default encoder's features (per cell for MiniGrid grids).
     :param carry_traces: carry the traces from one environment step to the next (the CTM for RL). ``False``
@@ -132,6 +132,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         n_synch_out: int = _CTM_DEFAULTS.n_synch_out,
         neuron_select: str = _CTM_DEFAULTS.neuron_select,
         initial_decay: float | list[float] = _CTM_DEFAULTS.initial_decay,
+        start_pre_rms: float | None = _CTM_DEFAULTS.start_pre_rms,
         carry_traces: bool = True,
         share_ctm: bool = True,
         project_cells: bool = True,
@@ -160,7 +161,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.ctm_config = CtmConfig(
             d_model=d_model, ticks=ticks, memory_length=memory_length, nlm_history=nlm_history, nlm_hidden=nlm_hidden,
             nlm_temperature=nlm_temperature, synapse_depth=synapse_depth, n_synch_out=n_synch_out,
-            neuron_select=neuron_select, initial_decay=initial_decay,
+            neuron_select=neuron_select, initial_decay=initial_decay, start_pre_rms=start_pre_rms,
         )
         check_policy_arguments({
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
