@@ -67,7 +67,8 @@ def test_learned_nlm_temperatures_are_logged_and_trained():
 
 def test_the_synchronisation_scale_is_that_of_the_last_rollout():
     """With nothing learned (learning rate 0), the rollout's outputs are those of a replay of its observations
-    from the learned start traces, episode starts included."""
+    from the learned start traces, episode starts included; the scale at the steps that start an episode is
+    logged apart."""
     env = make_env("CartPole-NoVel", n_envs=1, seed=0)
     model = CtmPPO(CtmPolicy, env, n_steps=40, batch_size=40, n_epochs=1, learning_rate=0.0, seed=0,
                    policy_kwargs=dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3))
@@ -86,6 +87,9 @@ def test_the_synchronisation_scale_is_that_of_the_last_rollout():
         sync, _ = policy._run_ctm(policy.ctm, projected, start, starts)
     assert logged["ctm/sync_abs_mean"] == pytest.approx(float(sync.abs().mean()), rel=1e-4)
     assert logged["ctm/sync_rms"] == pytest.approx(float(sync.square().mean().sqrt()), rel=1e-4)
+    at_reset = sync[starts.bool()]
+    assert 1 < len(at_reset) < 40  # a later episode started within the rollout too
+    assert logged["ctm/sync_rms_at_reset"] == pytest.approx(float(at_reset.square().mean().sqrt()), rel=1e-4)
 
 
 def test_lstm_update_logs_the_same_gradient_norms_without_ctm_keys():

@@ -3,7 +3,8 @@
 - ``grad_norm/<part>``: the gradient norm of each part of the policy (:func:`parameter_part`), before gradient
   clipping, averaged over the update's minibatches; for CTM and LSTM policies alike.
 - ``ctm/sync_abs_mean``, ``ctm/sync_rms``: the scale of the CTM's output synchronisation over the last rollout
-  (what the actor and critic heads read).
+  (what the actor and critic heads read); ``ctm/sync_rms_at_reset``: its RMS at the steps that start an episode,
+  where the traces are the learned start traces (far below ``sync_rms``, the heads' logits there are small).
 - ``ctm/decay_mean``, ``ctm/decay_min``, ``ctm/decay_max``: the synchronisation's decay rates in use.
 - ``ctm/nlm_temperature_<i>``: the neuron-level models' learned temperatures (``nlm_temperature`` set), layer by
   layer.
@@ -87,7 +88,8 @@ class GradientNorms:
 
 
 class OutputScale:
-    """Running sums of a batch of outputs' absolute values and squares, read and reset once per rollout.
+    """Running sums of a batch of outputs' absolute values and squares, over all steps and over the steps that
+    start an episode, read and reset once per rollout.
 
     Kept as tensors so that adding a step costs no device synchronisation.
     """
@@ -99,16 +101,27 @@ class OutputScale:
         self.abs_sum: torch.Tensor | float = 0.0
         self.square_sum: torch.Tensor | float = 0.0
         self.count = 0
+        self.start_square_sum: torch.Tensor | float = 0.0
+        self.start_count: torch.Tensor | float = 0.0
 
-    def add(self, outputs: torch.Tensor) -> None:
-        """:param outputs: ``(N, P)``."""
-        self.abs_sum = self.abs_sum + outputs.detach().abs().sum()
-        self.square_sum = self.square_sum + outputs.detach().square().sum()
+    def add(self, outputs: torch.Tensor, episode_starts: torch.Tensor) -> None:
+        """:param outputs: ``(N, P)``.
+        :param episode_starts: ``(N,)``, 1 where the step starts an episode."""
+        outputs = outputs.detach()
+        self.abs_sum = self.abs_sum + outputs.abs().sum()
+        self.square_sum = self.square_sum + outputs.square().sum()
         self.count += outputs.numel()
+        starts = episode_starts.detach().to(outputs.dtype)
+        self.start_square_sum = self.start_square_sum + (outputs.square().sum(dim=-1) * starts).sum()
+        self.start_count = self.start_count + starts.sum() * outputs.shape[-1]
 
     def summary(self) -> dict[str, float]:
-        """``{"sync_abs_mean", "sync_rms"}`` over what was added; empty if nothing was."""
+        """``{"sync_abs_mean", "sync_rms"}`` over what was added, with ``"sync_rms_at_reset"`` if an episode
+        started; empty if nothing was added."""
         if not self.count:
             return {}
-        return {"sync_abs_mean": float(self.abs_sum) / self.count,
-                "sync_rms": (float(self.square_sum) / self.count) ** 0.5}
+        summary = {"sync_abs_mean": float(self.abs_sum) / self.count,
+                   "sync_rms": (float(self.square_sum) / self.count) ** 0.5}
+        if float(self.start_count):
+            summary["sync_rms_at_reset"] = (float(self.start_square_sum) / float(self.start_count)) ** 0.5
+        return summary

@@ -299,7 +299,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             latent_vf, traces_vf = self._run_ctm(self.critic_ctm, projected, states.vf, episode_starts, lengths,
                                                  rollout)
         if rollout:
-            self._observe_rollout(latent_pi, latent_vf)
+            self._observe_rollout(latent_pi, latent_vf, episode_starts)
         latent_pi = self.mlp_extractor.forward_actor(self._actor_input(latent_pi))
         latent_vf = self.mlp_extractor.forward_critic(self._critic_input(latent_vf))
         return latent_pi, latent_vf, RNNStates(traces_pi, traces_vf)
@@ -312,10 +312,12 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         """What the critic head reads: its synchronisation ``(N, P)``, standardised and normalised if asked."""
         return self.critic_output_norm(self.critic_output_standardizer(synchronisation))
 
-    def _observe_rollout(self, synchronisation_pi: torch.Tensor, synchronisation_vf: torch.Tensor) -> None:
-        """Record a rollout step's synchronisations, ``(N, P)`` each: their scale for :meth:`diagnostics`, and
-        the statistics the output standardisers take up at :meth:`commit_output_statistics`."""
-        self.output_scale.add(synchronisation_pi)
+    def _observe_rollout(self, synchronisation_pi: torch.Tensor, synchronisation_vf: torch.Tensor,
+                         episode_starts: torch.Tensor) -> None:
+        """Record a rollout step's synchronisations, ``(N, P)`` each, where ``episode_starts`` ``(N,)`` marks the
+        steps that start an episode: their scale for :meth:`diagnostics`, and the statistics the output
+        standardisers take up at :meth:`commit_output_statistics`."""
+        self.output_scale.add(synchronisation_pi, episode_starts)
         if isinstance(self.output_standardizer, RunningStandardizer):
             self.output_standardizer.observe(synchronisation_pi)
             if self.critic_output_standardizer is not self.output_standardizer:
@@ -331,7 +333,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def diagnostics(self) -> dict[str, float]:
         """The synchronisation's scale over the rollout steps since the last call (``sync_abs_mean``,
-        ``sync_rms``), the actor CTM's decay rates (``decay_mean``, ``decay_min``, ``decay_max``) and its learned
+        ``sync_rms``, and ``sync_rms_at_reset`` over the steps that start an episode), the actor CTM's decay rates (``decay_mean``, ``decay_min``, ``decay_max``) and its learned
         neuron-level temperatures, if any (``nlm_temperature_0`` for the first layer, ...)."""
         rates = self.ctm.synchronisation.rates().detach()
         summary = {**self.output_scale.summary(), "decay_mean": float(rates.mean()), "decay_min": float(rates.min()),
