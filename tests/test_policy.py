@@ -13,6 +13,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from ctm_rl import ConfigError, CtmPolicy, UnsupportedSpaceError
 from ctm_rl.sb3.lstm import LstmPolicy
+from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.sb3.policy import PADDING
 from ctm_rl.sb3.ppo import CtmPPO
 from ctm_rl.sb3.standardizer import RunningStandardizer
@@ -526,3 +527,42 @@ def test_normalize_output_sets_what_each_step_of_the_heads_input_is_scaled_to(tm
 def test_a_bad_normalize_output_is_refused_with_the_fix(choice):
     with pytest.raises(ConfigError, match="normalize_output must be false, true, layer or rms"):
         small_model(normalize_output=choice)
+
+
+@pytest.mark.parametrize("policy_class, part", [(CtmPolicy, "synapses"), (LstmPolicy, "lstm")], ids=["ctm", "lstm"])
+def test_lr_scales_set_a_parts_step_size_at_every_update_and_are_saved(tmp_path, policy_class, part):
+    model = small_model(policy_class=policy_class, algorithm=CtmPPO, lr_scales={part: 0.1},
+                        optimizer_kwargs={"eps": 1e-12})
+    model.batch_size = model.n_steps * model.n_envs  # one Adam step per update
+    policy = model.policy
+    for update in range(2):
+        before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+        model.learn(model.n_steps * model.n_envs, log_interval=100, reset_num_timesteps=update == 0)
+        rate = model.lr_schedule(model._current_progress_remaining)
+        assert model.logger.name_to_value["train/learning_rate"] == pytest.approx(rate)  # the schedule's, logged
+        # Adam's first steps move every parameter with a gradient by about its group's rate, whatever the
+        # gradient's size; the largest move in each part is that rate.
+        moved = {}
+        for name, p in policy.named_parameters():
+            step = float((p.detach() - before[name]).abs().max())
+            moved[parameter_part(name)] = max(moved.get(parameter_part(name), 0.0), step)
+        assert moved[part] == pytest.approx(0.1 * rate, rel=0.05)
+        assert {"actor_head", "critic_head"} < set(moved)
+        for other in set(moved) & {"encoder", "actor_head", "critic_head"}:
+            assert moved[other] == pytest.approx(rate, rel=0.05), other
+    model.save(tmp_path / "model.zip")
+    loaded = CtmPPO.load(tmp_path / "model.zip").policy
+    assert loaded.lr_scales == {part: 0.1}
+    assert sorted(group["lr_scale"] for group in loaded.optimizer.param_groups) == [0.1, 1.0]
+
+
+@pytest.mark.parametrize("policy_class", [CtmPolicy, LstmPolicy], ids=["ctm", "lstm"])
+@pytest.mark.parametrize("lr_scales, message", [
+    ({"synapse": 0.1}, "lr_scales names an unknown part 'synapse'"),
+    ({"nlms": 0.0}, "lr_scales\\[nlms\\] must be a number > 0"),
+    ({"nlms": True}, "lr_scales\\[nlms\\] must be a number > 0"),
+    (0.1, "lr_scales must map part names"),
+])
+def test_bad_lr_scales_are_refused_with_the_fix(policy_class, lr_scales, message):
+    with pytest.raises(ConfigError, match=message):
+        small_model(policy_class=policy_class, lr_scales=lr_scales)

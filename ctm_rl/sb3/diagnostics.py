@@ -21,28 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-# Prefixes of parameter names (as ``named_parameters`` gives them) and the part each belongs to; first match wins.
-_PARTS = (
-    (("features_extractor.", "pi_features_extractor.", "vf_features_extractor."), "encoder"),
-    (("ctm.synapses.", "critic_ctm.synapses."), "synapses"),
-    (("ctm.nlms.", "critic_ctm.nlms."), "nlms"),
-    (("ctm.synchronisation.", "critic_ctm.synchronisation."), "decay"),
-    (("ctm.start_", "critic_ctm.start_"), "start_traces"),
-    (("lstm_actor.", "lstm_critic."), "lstm"),
-    (("output_norm.", "critic_output_norm."), "output_norm"),
-    (("mlp_extractor.policy_net.", "action_net.", "log_std"), "actor_head"),
-    (("mlp_extractor.value_net.", "value_net.", "critic."), "critic_head"),
-)
-
-
-def parameter_part(name: str) -> str:
-    """The part of a policy a parameter belongs to: ``encoder``, ``synapses``, ``nlms``, ``decay``,
-    ``start_traces``, ``lstm``, ``output_norm``, ``actor_head``, ``critic_head``, else its first name component."""
-    for prefixes, part in _PARTS:
-        if name.startswith(prefixes):
-            return part
-    return name.split(".")[0]
-
+from ctm_rl.sb3.parts import parameter_part
 
 class GradientNorms:
     """Records each part's gradient norm before clipping (``grad_norm/<part>``) and its root mean square per

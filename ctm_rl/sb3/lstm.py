@@ -15,6 +15,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from ctm_rl.errors import ConfigError
 from ctm_rl.sb3.encoders import ObservationEncoder
 from ctm_rl.sb3.heads import SB3_ACTION_GAIN, SB3_HIDDEN_GAIN, apply_head_gains, check_head_gains
+from ctm_rl.sb3.parts import check_lr_scales, rebuild_optimizer
 from ctm_rl.sb3.policy import CtmPolicy
 
 class LstmPolicy(RecurrentActorCriticPolicy):
@@ -29,18 +30,23 @@ class LstmPolicy(RecurrentActorCriticPolicy):
         SB3's is ``sqrt(2)``; :mod:`ctm_rl.sb3.heads`).
     :param action_gain: the same for the action head's output layer (SB3's is 0.01); with a shared LSTM trained by
         the value loss too it also sets the actor's share of the LSTM's gradient.
+    :param lr_scales: learning-rate multiples per part (:mod:`ctm_rl.sb3.parts`), as for ``CtmPolicy``.
     :param args: ``RecurrentActorCriticPolicy`` arguments.
     :param kwargs: ``RecurrentActorCriticPolicy`` keyword arguments.
     """
 
     def __init__(self, *args: Any, detach_critic: bool = True, hidden_gain: float = SB3_HIDDEN_GAIN,
-                 action_gain: float = SB3_ACTION_GAIN, **kwargs: Any) -> None:
+                 action_gain: float = SB3_ACTION_GAIN, lr_scales: Mapping[str, float] | None = None,
+                 **kwargs: Any) -> None:
         check_lstm_arguments({**kwargs, "detach_critic": detach_critic, "hidden_gain": hidden_gain,
-                              "action_gain": action_gain})
+                              "action_gain": action_gain, "lr_scales": lr_scales})
+        self.lr_scales = None if lr_scales is None else dict(lr_scales)
         # Read by _build, which the parent's constructor calls.
         self.hidden_gain, self.action_gain = hidden_gain, action_gain
         super().__init__(*args, **kwargs)
         self.detach_critic = detach_critic
+        # sb3-contrib's constructor makes the optimizer last, once the LSTMs exist.
+        rebuild_optimizer(self, self.lr_scales, self.optimizer.defaults["lr"])
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
@@ -48,7 +54,7 @@ class LstmPolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "detach_critic": self.detach_critic,
-                "hidden_gain": self.hidden_gain, "action_gain": self.action_gain}
+                "hidden_gain": self.hidden_gain, "action_gain": self.action_gain, "lr_scales": self.lr_scales}
 
     def evaluate_actions(self, obs, actions, lstm_states, episode_starts):
         if isinstance(self.action_space, spaces.MultiBinary):
@@ -86,6 +92,7 @@ def check_lstm_arguments(arguments: Mapping[str, Any]) -> None:
     """
     given = {**_LSTM_POLICY_DEFAULTS, **arguments}
     check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
+    check_lr_scales(given["lr_scales"])
     if not given["detach_critic"] and not given["shared_lstm"]:
         raise ConfigError("detach_critic=False applies to a shared LSTM (shared_lstm=True); a separate critic "
                           "LSTM or critic network is trained by the value loss already. Fix: drop detach_critic, or "

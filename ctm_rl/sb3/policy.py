@@ -29,6 +29,7 @@ from ctm_rl.model.ctm import ContinuousThoughtMachine, Traces
 from ctm_rl.sb3.diagnostics import OutputScale
 from ctm_rl.sb3.encoders import ObservationEncoder
 from ctm_rl.sb3.heads import SB3_ACTION_GAIN, SB3_HIDDEN_GAIN, apply_head_gains, check_head_gains
+from ctm_rl.sb3.parts import check_lr_scales, rebuild_optimizer
 from ctm_rl.sb3.standardizer import RunningStandardizer
 
 _CTM_DEFAULTS = CtmConfig()
@@ -108,6 +109,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         SB3's is ``sqrt(2)``, the reference's 1; :mod:`ctm_rl.sb3.heads`).
     :param action_gain: the same for the action head's output layer (SB3's is 0.01, the reference's 1); with a
         shared CTM it also sets the actor's share of the CTM's gradient.
+    :param lr_scales: learning-rate multiples per part (:mod:`ctm_rl.sb3.parts`), for example ``{"synapses":
+        0.1}``; parts not named take 1. ``CtmPPO`` applies them at every update (a plain ``RecurrentPPO`` sets
+        every group to the schedule's rate).
     :param features_extractor_class: encoder class; ``None`` picks one from the observation space.
     :param features_extractor_kwargs: keyword arguments of the encoder (``d_input`` is added for the default).
     :param optimizer_kwargs: optimizer arguments. For Adam the default is SB3's (``eps=1e-5``) plus
@@ -143,6 +147,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         detach_critic: bool = False,
         hidden_gain: float = SB3_HIDDEN_GAIN,
         action_gain: float = SB3_ACTION_GAIN,
+        lr_scales: Mapping[str, float] | None = None,
         net_arch: list[int] | dict[str, list[int]] | None = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -167,7 +172,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
             "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
             "standardize_momentum": standardize_momentum, "hidden_gain": hidden_gain, "action_gain": action_gain,
-            "ortho_init": ortho_init, "normalize_output": normalize_output,
+            "ortho_init": ortho_init, "normalize_output": normalize_output, "lr_scales": lr_scales,
         })
         self.d_input = d_input
         self.carry_traces = carry_traces
@@ -180,6 +185,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.detach_critic = detach_critic
         self.hidden_gain = hidden_gain
         self.action_gain = action_gain
+        self.lr_scales = None if lr_scales is None else dict(lr_scales)
         self.rollout_step = None if compile_rollout is False else CompiledStep(
             compile_rollout if isinstance(compile_rollout, dict) else None)  # {} compiles with the defaults
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
@@ -214,6 +220,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         self.critic_output_standardizer = standardizer() if not self.share_ctm else self.output_standardizer
         super()._build(lr_schedule)
         apply_head_gains(self, self.hidden_gain, self.action_gain)
+        rebuild_optimizer(self, self.lr_scales, lr_schedule(1))
 
     @property
     def lstm_actor(self) -> RecurrentStateLayout:
@@ -227,7 +234,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
                     normalize_output=self.normalize_output, standardize_output=self.standardize_output,
                     standardize_momentum=self.standardize_momentum,
                     detach_critic=self.detach_critic, hidden_gain=self.hidden_gain,
-                    action_gain=self.action_gain)
+                    action_gain=self.action_gain, lr_scales=self.lr_scales)
         return data
 
     # --- Recurrent core ---------------------------------------------------------------------------------
@@ -442,6 +449,7 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
         raise ConfigError("detach_critic=True applies to a shared CTM; with share_ctm=False the critic trains its own. "
                           "Fix: drop detach_critic, or set share_ctm=true.")
     check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
+    check_lr_scales(given["lr_scales"])
     if not isinstance(given["normalize_output"], (bool, str)) or given["normalize_output"] not in _OUTPUT_NORMALISATIONS:
         raise ConfigError(f"normalize_output must be false, true, layer or rms, got {given['normalize_output']!r}. "
                           "Fix: normalize_output=rms scales each step's synchronisation to unit size, "

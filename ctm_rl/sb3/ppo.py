@@ -22,9 +22,9 @@ from ctm_rl.sb3.policy import CtmPolicy
 
 class CtmPPO(RecurrentPPO):
     """``RecurrentPPO`` with packed CTM replay and shared traces stored once (see the module docstring), which
-    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` with each update, for any recurrent policy, and
-    after each update lets a ``CtmPolicy``'s output standardisers (``standardize_output``) take up the rollout's
-    statistics."""
+    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` with each update, for any recurrent policy, applies
+    a policy's per-part learning-rate multiples (``lr_scales``, :mod:`ctm_rl.sb3.parts`), and after each update
+    lets a ``CtmPolicy``'s output standardisers (``standardize_output``) take up the rollout's statistics."""
 
     def train(self) -> None:
         norms = GradientNorms(self.policy, self.policy.optimizer, self.logger.record_mean)
@@ -36,6 +36,13 @@ class CtmPPO(RecurrentPPO):
             self.policy.commit_output_statistics()
             for key, value in self.policy.diagnostics().items():
                 self.logger.record(f"ctm/{key}", value)
+
+    def _update_learning_rate(self, optimizers) -> None:
+        """SB3's schedule step, then each parameter group's ``lr_scale`` (a policy's ``lr_scales``) applied."""
+        super()._update_learning_rate(optimizers)
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.param_groups:
+                group["lr"] *= group.get("lr_scale", 1.0)
 
     def save(self, path, exclude=None, include=None) -> None:
         """SB3's save, which also records the running reward statistics of a reward-normalising training env as
