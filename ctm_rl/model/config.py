@@ -61,9 +61,9 @@ class CtmConfig:
     start_pre_rms: float | None = None
     """Root mean square of the learned start trace of pre-activations at initialisation (drawn uniformly);
     ``None`` draws it as the reference does, within ``±sqrt(1 / (d_model + memory_length))`` (an RMS of about
-    0.035 for 256 neurons), far below the unit scale of the synapses' layer-normed pre-activations, so that after
-    every reset the neuron-level models read a nearly silent history until real pre-activations fill it. 1
-    starts the trace at the pre-activations' own scale."""
+    0.035 for 256 neurons), far below the unit scale of the pre-activations the synapses' final LayerNorm gives.
+    1 starts the trace at that scale, so that the neuron-level models read a history of the usual size after a
+    reset."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "ticks", "memory_length", "synapse_depth", "n_synch_out"):

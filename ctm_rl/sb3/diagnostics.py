@@ -4,7 +4,7 @@
   clipping, averaged over the update's minibatches; for CTM and LSTM policies alike.
 - ``ctm/sync_abs_mean``, ``ctm/sync_rms``: the scale of the CTM's output synchronisation over the last rollout
   (what the actor and critic heads read); ``ctm/sync_rms_at_reset``: its RMS at the steps that start an episode,
-  where the traces are the learned start traces (far below ``sync_rms``, the heads' logits there are small).
+  which read the learned start traces (well below ``sync_rms``, the heads' logits at those steps are small too).
 - ``ctm/decay_mean``, ``ctm/decay_min``, ``ctm/decay_max``: the synchronisation's decay rates in use.
 - ``ctm/nlm_temperature_<i>``: the neuron-level models' learned temperatures (``nlm_temperature`` set), layer by
   layer.
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ctm_rl.sb3.parts import parameter_part
+
 
 class GradientNorms:
     """Records each part's gradient norm before clipping (``grad_norm/<part>``) and its root mean square per

@@ -76,8 +76,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param action_space: action space (Discrete, MultiDiscrete, MultiBinary or Box).
     :param lr_schedule: learning-rate schedule.
     :param d_model: the CTM's hyperparameters (with ``ticks``, ``memory_length``, ``nlm_history``, ``nlm_hidden``,
-        ``nlm_temperature``, ``synapse_depth``, ``n_synch_out``, ``neuron_select``, ``initial_decay`` and ``start_pre_rms``), documented and validated by
-        :class:`~ctm_rl.model.config.CtmConfig`, whose defaults they take.
+        ``nlm_temperature``, ``synapse_depth``, ``n_synch_out``, ``neuron_select``, ``initial_decay`` and
+        ``start_pre_rms``), documented and validated by :class:`~ctm_rl.model.config.CtmConfig`, whose defaults
+        they take.
     :param d_input: width of the default encoder's features (per cell for MiniGrid grids).
     :param carry_traces: carry the traces from one environment step to the next (the CTM for RL). ``False``
         resets them to the learned start traces before every step, an ablation that leaves the CTM only the
@@ -98,8 +99,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
     :param standardize_output: standardise each synchronisation pair by running estimates of its mean and
         standard deviation over the rollout steps (:class:`~ctm_rl.sb3.standardizer.RunningStandardizer`, which
         ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the
-        heads (and before ``normalize_output``'s normalisation), so that the heads read the synchronisation's variation
-        across the visited steps at unit scale, whatever its size.
+        heads (and before ``normalize_output``'s normalisation), so that the heads read the synchronisation's
+        variation across the visited steps at unit scale, whatever its size.
     :param standardize_momentum: with ``standardize_output``, the share of the estimates each update's rollout
         replaces (the first rollout's replace them whole); 0 keeps the first rollout's map for the whole run, a
         data-dependent initialisation of the heads' input scale rather than a running normalisation.
@@ -340,8 +341,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def diagnostics(self) -> dict[str, float]:
         """The synchronisation's scale over the rollout steps since the last call (``sync_abs_mean``,
-        ``sync_rms``, and ``sync_rms_at_reset`` over the steps that start an episode), the actor CTM's decay rates (``decay_mean``, ``decay_min``, ``decay_max``) and its learned
-        neuron-level temperatures, if any (``nlm_temperature_0`` for the first layer, ...)."""
+        ``sync_rms``, and ``sync_rms_at_reset`` over the steps that start an episode), the actor CTM's decay rates
+        (``decay_mean``, ``decay_min``, ``decay_max``) and its learned neuron-level temperatures, if any
+        (``nlm_temperature_0`` for the first layer, ...)."""
         rates = self.ctm.synchronisation.rates().detach()
         summary = {**self.output_scale.summary(), "decay_mean": float(rates.mean()), "decay_min": float(rates.min()),
                    "decay_max": float(rates.max()),
@@ -450,7 +452,8 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
                           "Fix: drop detach_critic, or set share_ctm=true.")
     check_head_gains(given["hidden_gain"], given["action_gain"], given["ortho_init"])
     check_lr_scales(given["lr_scales"])
-    if not isinstance(given["normalize_output"], (bool, str)) or given["normalize_output"] not in _OUTPUT_NORMALISATIONS:
+    normalization = given["normalize_output"]
+    if not isinstance(normalization, (bool, str)) or normalization not in _OUTPUT_NORMALISATIONS:
         raise ConfigError(f"normalize_output must be false, true, layer or rms, got {given['normalize_output']!r}. "
                           "Fix: normalize_output=rms scales each step's synchronisation to unit size, "
                           "normalize_output=layer also centres it.")
