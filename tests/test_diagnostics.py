@@ -8,7 +8,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.logger import KVWriter, Logger
 
 from ctm_rl import CtmPolicy, CtmPPO, make_env
-from ctm_rl.sb3.diagnostics import parameter_part
+from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.sb3.lstm import lstm_policy_kwargs
 
 

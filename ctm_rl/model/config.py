@@ -75,9 +75,7 @@ class CtmConfig:
                               f"{self.nlm_history!r}. Fix: pass nlm_history=1 or more, or nlm_history=null.")
         if not is_int(self.nlm_hidden) or self.nlm_hidden < 0:
             raise ConfigError(f"nlm_hidden must be an integer >= 0 (0 = shallow NLMs), got {self.nlm_hidden!r}.")
-        if self.nlm_temperature is not None and not (
-                isinstance(self.nlm_temperature, (int, float)) and not isinstance(self.nlm_temperature, bool)
-                and self.nlm_temperature > 0):
+        if self.nlm_temperature is not None and not is_positive_number(self.nlm_temperature):
             raise ConfigError(f"nlm_temperature must be a number > 0, or null for none, got {self.nlm_temperature!r}. "
                               f"Fix: pass nlm_temperature=1.0 (the reference's) or nlm_temperature=null.")
         if self.neuron_select not in NEURON_SELECTIONS:
@@ -90,9 +88,7 @@ class CtmConfig:
                 f"{self.d_model}, raise d_model, or draw the pairs at random (neuron_select=random-pairing)."
             )
         decay_range(self.initial_decay)
-        if self.start_pre_rms is not None and not (
-                isinstance(self.start_pre_rms, (int, float)) and not isinstance(self.start_pre_rms, bool)
-                and self.start_pre_rms > 0):
+        if self.start_pre_rms is not None and not is_positive_number(self.start_pre_rms):
             raise ConfigError(f"start_pre_rms must be a number > 0, or null for the reference's initialisation, got "
                               f"{self.start_pre_rms!r}. Fix: pass start_pre_rms=1.0 or start_pre_rms=null.")
 
@@ -123,6 +119,11 @@ class CtmConfig:
 def is_int(value: Any) -> bool:
     """Whether ``value`` is an integer and not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_positive_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float above 0, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def decay_range(initial_decay: Any) -> tuple[float, float]:

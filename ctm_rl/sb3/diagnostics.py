@@ -4,7 +4,7 @@
   clipping, averaged over the update's minibatches; for CTM and LSTM policies alike.
 - ``ctm/sync_abs_mean``, ``ctm/sync_rms``: the scale of the CTM's output synchronisation over the last rollout
   (what the actor and critic heads read); ``ctm/sync_rms_at_reset``: its RMS at the steps that start an episode,
-  which read the learned start traces (well below ``sync_rms``, the heads' logits at those steps are small too).
+  which read the learned start traces; against ``sync_rms`` it shows how far an episode's first step falls short.
 - ``ctm/decay_mean``, ``ctm/decay_min``, ``ctm/decay_max``: the synchronisation's decay rates in use.
 - ``ctm/nlm_temperature_<i>``: the neuron-level models' learned temperatures (``nlm_temperature`` set), layer by
   layer.
@@ -88,11 +88,12 @@ class OutputScale:
         """:param outputs: ``(N, P)``.
         :param episode_starts: ``(N,)``, 1 where the step starts an episode."""
         outputs = outputs.detach()
-        self.abs_sum = self.abs_sum + outputs.abs().sum()
-        self.square_sum = self.square_sum + outputs.square().sum()
-        self.count += outputs.numel()
+        row_squares = outputs.square().sum(dim=-1)  # (N,)
         starts = episode_starts.detach().to(outputs.dtype)
-        self.start_square_sum = self.start_square_sum + (outputs.square().sum(dim=-1) * starts).sum()
+        self.abs_sum = self.abs_sum + outputs.abs().sum()
+        self.square_sum = self.square_sum + row_squares.sum()
+        self.count += outputs.numel()
+        self.start_square_sum = self.start_square_sum + (row_squares * starts).sum()
         self.start_count = self.start_count + starts.sum() * outputs.shape[-1]
 
     def summary(self) -> dict[str, float]:

@@ -40,12 +40,12 @@ class LstmPolicy(RecurrentActorCriticPolicy):
                  **kwargs: Any) -> None:
         check_lstm_arguments({**kwargs, "detach_critic": detach_critic, "hidden_gain": hidden_gain,
                               "action_gain": action_gain, "lr_scales": lr_scales})
-        self.lr_scales = None if lr_scales is None else dict(lr_scales)
         # Read by _build, which the parent's constructor calls.
         self.hidden_gain, self.action_gain = hidden_gain, action_gain
         super().__init__(*args, **kwargs)
         self.detach_critic = detach_critic
         # sb3-contrib's constructor makes the optimizer last, once the LSTMs exist.
+        self.lr_scales = None if lr_scales is None else dict(lr_scales)
         rebuild_optimizer(self, self.lr_scales, self.optimizer.defaults["lr"])
 
     def _build(self, lr_schedule: Any) -> None:

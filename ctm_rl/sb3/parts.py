@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from ctm_rl.errors import ConfigError
+from ctm_rl.model.config import is_positive_number
 
 # Prefixes of parameter names (as ``named_parameters`` gives them) and the part each belongs to; first match wins.
 _PARTS = (
@@ -52,7 +53,7 @@ def check_lr_scales(lr_scales: Any) -> None:
     for part, scale in lr_scales.items():
         if part not in PART_NAMES:
             raise ConfigError(f"lr_scales names an unknown part {part!r}. Fix: use one of {', '.join(PART_NAMES)}.")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        if not is_positive_number(scale):
             raise ConfigError(f"lr_scales[{part}] must be a number > 0, got {scale!r}. Fix: for example 0.1.")
 
 
