@@ -1,13 +1,18 @@
 """Training diagnostics logged through SB3's logger: per-part gradient norms, the synchronisation's scale, the
-decay rates, and the share of evaluation episodes that hit the step limit."""
+decay rates, how consecutive updates move the policy, and the share of evaluation episodes that hit the step
+limit."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 
 from ctm_rl import CtmPolicy, CtmPPO, make_env
+from ctm_rl.sb3.checkpoints import load_agent
 from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.sb3.lstm import lstm_policy_kwargs
 
@@ -100,6 +105,81 @@ def test_lstm_update_logs_the_same_gradient_norms_without_ctm_keys():
         assert logged[f"grad_norm/{part}"] == pytest.approx(norm, rel=1e-4)
         assert logged[f"grad_rms/{part}"] == pytest.approx(rms[part], rel=1e-4)
     assert not any(key.startswith("ctm/") for key in logged)
+
+
+class _RolloutRecorder(BaseCallback):
+    """Keeps the parameters at the start of every rollout, and the first rollout's inputs to each step of the
+    policy with the recurrent state before its first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.parameters, self.steps, self.first_states = [], [], None
+
+    def _on_rollout_start(self):
+        self.parameters.append(copy.deepcopy(self.model.policy.state_dict()))
+        if self.first_states is None:
+            self.first_states = tuple(state.clone() for state in self.model._last_lstm_states.pi)
+
+    def _on_step(self):
+        if len(self.parameters) == 1:
+            self.steps.append((self.locals["obs_tensor"].clone(), self.locals["episode_starts"].clone()))
+        return True
+
+
+_TINY_POLICIES = [(CtmPolicy, dict(d_model=16, d_input=8, n_synch_out=4, memory_length=3)),
+                  (RecurrentActorCriticPolicy, lstm_policy_kwargs(16, d_input=8))]
+
+
+@pytest.mark.parametrize("policy_class, policy_kwargs", _TINY_POLICIES, ids=["ctm", "lstm"])
+def test_update_coherence_compares_consecutive_updates_on_the_first_rollouts_states(policy_class, policy_kwargs):
+    """The logged change and coherence equal those of the policy's centred logits on the first rollout's
+    steps of the first two envs, computed one step at a time with the parameters before and after each update."""
+    env = make_env("CartPole-NoVel", n_envs=4, seed=0)
+    model = CtmPPO(policy_class, env, n_steps=16, batch_size=64, n_epochs=2, seed=0, update_probe_envs=2,
+                   policy_kwargs=policy_kwargs)
+    recorder, rollouts = Recorder(), _RolloutRecorder()
+    model.set_logger(Logger(None, [recorder]))
+    model.learn(128, callback=rollouts)
+    model.logger.dump(model.num_timesteps)
+    logged = recorder.dumps[-1]
+
+    def centred_logits(parameters):
+        model.policy.load_state_dict(parameters)
+        states, outputs = tuple(state[:, :2] for state in rollouts.first_states), []
+        with torch.no_grad():
+            for obs, starts in rollouts.steps:
+                distribution, states = model.policy.get_distribution(obs[:2], states, starts[:2])
+                logits = distribution.distribution.logits
+                outputs.append(logits - logits.mean(dim=-1, keepdim=True))  # (2 envs, 2 actions)
+        return torch.stack(outputs, dim=1)  # (env, step, action)
+
+    final = copy.deepcopy(model.policy.state_dict())
+    before, between, after = (centred_logits(p) for p in (*rollouts.parameters, final))
+    first, second = (between - before).flatten(), (after - between).flatten()
+    assert len(rollouts.parameters) == 2 and len(rollouts.steps) == 16
+    assert logged["train/update_change"] == pytest.approx(float(second.square().mean().sqrt()), rel=1e-3)
+    expected = float(torch.nn.functional.cosine_similarity(first, second, dim=0))
+    assert logged["train/update_coherence"] == pytest.approx(expected, abs=1e-3)
+    assert abs(expected) > 0.01  # a value the test can tell from 0
+
+
+@pytest.mark.parametrize("policy_class, policy_kwargs", _TINY_POLICIES, ids=["ctm", "lstm"])
+def test_the_update_probe_changes_nothing_in_training(policy_class, policy_kwargs, tmp_path):
+    parameters, models = [], []
+    for probe_envs in (0, 3):
+        env = make_env("CartPole-NoVel", n_envs=4, seed=0)
+        model = CtmPPO(policy_class, env, n_steps=16, batch_size=32, n_epochs=2, seed=0,
+                       update_probe_envs=probe_envs, policy_kwargs=policy_kwargs)
+        model.learn(128)
+        parameters.append(model.policy.state_dict())
+        models.append(model)
+    assert models[0].update_coherence.probe is None and models[1].update_coherence.probe is not None
+    for name, value in parameters[0].items():
+        assert torch.equal(value, parameters[1][name]), name
+    # A saved model keeps the setting but not the probe, which the loaded model takes from its next rollout.
+    models[1].save(tmp_path / "model.zip")
+    loaded = load_agent(tmp_path / "model.zip", env=make_env("CartPole-NoVel", n_envs=4, seed=1), trust_pickle=True)
+    assert loaded.update_probe_envs == 3 and loaded.update_coherence.probe is None
 
 
 def test_evaluations_record_the_share_of_episodes_at_the_step_limit(tmp_path):

@@ -10,7 +10,7 @@
   layer.
 
 SB3's own ``train/`` keys already cover the policy entropy, explained variance, value loss, approximate KL
-and clip fraction.
+and clip fraction; :mod:`ctm_rl.sb3.coherence` adds whether consecutive updates move the policy the same way.
 """
 
 from __future__ import annotations

@@ -10,28 +10,45 @@ state memory. The learning is the same up to float rounding. Any other policy ge
 
 from __future__ import annotations
 
+from typing import Any
+
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 
 from ctm_rl.envs.normalization import reward_statistics
 from ctm_rl.interrupts import signals_held
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
+from ctm_rl.sb3.coherence import UpdateCoherence
 from ctm_rl.sb3.diagnostics import GradientNorms
 from ctm_rl.sb3.policy import CtmPolicy
 
 
 class CtmPPO(RecurrentPPO):
     """``RecurrentPPO`` with packed CTM replay and shared traces stored once (see the module docstring), which
-    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` with each update, for any recurrent policy, applies
-    a policy's per-part learning-rate multiples (``lr_scales``, :mod:`ctm_rl.sb3.parts`), and after each update
-    lets a ``CtmPolicy``'s output standardisers (``standardize_output``) take up the rollout's statistics."""
+    also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` and :mod:`ctm_rl.sb3.coherence` with each update,
+    for any recurrent policy, applies a policy's per-part learning-rate multiples (``lr_scales``,
+    :mod:`ctm_rl.sb3.parts`), and after each update lets a ``CtmPolicy``'s output standardisers
+    (``standardize_output``) take up the rollout's statistics.
+
+    :param update_probe_envs: envs of the first rollout whose steps probe how consecutive updates move the policy
+        (``train/update_change``, ``train/update_coherence``); 0 turns the probe off. It costs one replay of
+        ``update_probe_envs * n_steps`` steps without gradients per update and changes nothing in training.
+    Other arguments are ``RecurrentPPO``'s.
+    """
+
+    def __init__(self, *args: Any, update_probe_envs: int = 4, **kwargs: Any) -> None:
+        self.update_probe_envs = update_probe_envs
+        super().__init__(*args, **kwargs)
 
     def train(self) -> None:
+        self.update_coherence.before_update(self.rollout_buffer, self.policy)
         norms = GradientNorms(self.policy, self.policy.optimizer, self.logger.record_mean)
         try:
             super().train()
         finally:
             norms.remove()
+        for key, value in self.update_coherence.after_update(self.policy).items():
+            self.logger.record(f"train/{key}", value)
         if isinstance(self.policy, CtmPolicy):
             self.policy.commit_output_statistics()
             for key, value in self.policy.diagnostics().items():
@@ -51,8 +68,12 @@ class CtmPPO(RecurrentPPO):
         with signals_held():  # an interrupt waits for the save, which it would otherwise damage
             super().save(path, exclude, include)
 
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "update_coherence"]  # its probe is taken anew after a load
+
     def _setup_model(self) -> None:
         super()._setup_model()
+        self.update_coherence = UpdateCoherence(self.update_probe_envs)
         if isinstance(self.policy, CtmPolicy):
             buffer_class = CtmDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else CtmRolloutBuffer
             self.rollout_buffer = buffer_class(
