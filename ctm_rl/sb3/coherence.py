@@ -4,8 +4,8 @@ policies alike, logged by ``CtmPPO`` as
 - ``train/update_change``: the root mean square of the last update's change in the policy's outputs on a fixed
   set of states;
 - ``train/update_coherence``: the cosine between the last two updates' changes on those states. Near 1, each
-  update continues the last and the policy sharpens steadily; near 0, the updates' changes do not add up, and
-  the policy moves by about the square root of what each update's step would give.
+  update continues the last and the policy sharpens steadily; near 0, the changes add up like a random walk's
+  steps, so after n updates the policy is about sqrt(n) updates' changes from where it began rather than n.
 
 The fixed states are the first ``n_envs`` envs' steps of the first rollout the diagnostic sees, replayed from
 that rollout's recurrent state with the current parameters after every update (the policy in evaluation mode,
