@@ -48,10 +48,11 @@ def rollout_probe(buffer: RolloutBuffer, n_envs: int) -> RolloutProbe:
     flattens its arrays), copied.
 
     :param buffer: sb3-contrib's recurrent rollout buffer or one of :mod:`ctm_rl.sb3.buffers`.
-    :param n_envs: envs to keep, at most the buffer's.
+    :param n_envs: envs to keep; a buffer with fewer gives all of its own.
     """
     if buffer.generator_ready:
         raise ValueError("the rollout buffer has been sampled; take the probe before the update")
+    n_envs = min(n_envs, buffer.n_envs)
 
     def sequences(array: np.ndarray) -> torch.Tensor:
         """``(n_steps, envs, ...)`` -> ``(n_envs * n_steps, ...)``, env-major."""
@@ -62,11 +63,12 @@ def rollout_probe(buffer: RolloutBuffer, n_envs: int) -> RolloutProbe:
     probe_observations: PyTorchObs = ({key: sequences(value) for key, value in observations.items()}
                                       if isinstance(observations, dict) else sequences(observations))
     if isinstance(buffer, (CtmRolloutBuffer, CtmDictRolloutBuffer)):
-        states = (buffer.traces[0, 0, :n_envs][None], buffer.traces[1, 0, :n_envs][None])  # (1, n, D * M) each
+        # The traces at each env's first step: flattened row env * n_steps, as the CTM buffers read them.
+        states = buffer._first_traces(np.arange(n_envs) * buffer.buffer_size).pi  # (1, n, D * M) each
     else:
-        states = (buffer.hidden_states_pi[0][:, :n_envs], buffer.cell_states_pi[0][:, :n_envs])  # (layers, n, hidden)
-    return RolloutProbe(probe_observations, sequences(buffer.episode_starts).float(),
-                        tuple(torch.as_tensor(state.copy(), device=buffer.device) for state in states))
+        states = tuple(torch.as_tensor(state[0][:, :n_envs].copy(), device=buffer.device)
+                       for state in (buffer.hidden_states_pi, buffer.cell_states_pi))  # (layers, n, hidden) each
+    return RolloutProbe(probe_observations, sequences(buffer.episode_starts).float(), states)
 
 
 def policy_outputs(distribution: Distribution) -> torch.Tensor:

@@ -454,7 +454,7 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
     check_lr_scales(given["lr_scales"])
     normalization = given["normalize_output"]
     if not isinstance(normalization, (bool, str)) or normalization not in _OUTPUT_NORMALISATIONS:
-        raise ConfigError(f"normalize_output must be false, true, layer or rms, got {given['normalize_output']!r}. "
+        raise ConfigError(f"normalize_output must be false, true, layer or rms, got {normalization!r}. "
                           "Fix: normalize_output=rms scales each step's synchronisation to unit size, "
                           "normalize_output=layer also centres it.")
     momentum = given["standardize_momentum"]
