@@ -29,8 +29,10 @@ from torch import nn
 from ctm_rl.envs import ResolvedEnv, make_single_env, resolve_env
 from ctm_rl.errors import ConfigError
 from ctm_rl.model.config import CtmConfig, is_int
+from ctm_rl.sb3.adaptive_lr import DEFAULT_BOUNDS, check_adaptive_rate
 from ctm_rl.sb3.lstm import LSTM_DEFAULTS, LstmPolicy, check_lstm_arguments, lstm_policy_kwargs, match_lstm_hidden_size
 from ctm_rl.sb3.policy import CtmPolicy, check_policy_arguments
+from ctm_rl.sb3.ppo import CtmPPO
 
 PRESET_KEYS = ("policy", "n_envs", "n_timesteps", "max_steps", "normalize_reward", "algo", "policy_kwargs", "tuning")
 """Keys a preset block may set (``tuning``: the record of the study that chose it, written by ``tune``)."""
@@ -43,9 +45,10 @@ MATCH = "match"
 _MANAGED_ALGO_ARGS = {"self", "policy", "env", "policy_kwargs", "tensorboard_log", "verbose", "seed", "device",
                       "_init_setup_model"}
 _MANAGED_POLICY_ARGS = {"self", "observation_space", "action_space", "lr_schedule", "use_sde"}
-ALGO_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(RecurrentPPO.__init__).parameters.items()
-                 if name not in _MANAGED_ALGO_ARGS}
-"""``RecurrentPPO``'s keyword arguments and their defaults."""
+ALGO_DEFAULTS = {name: parameter.default for function in (RecurrentPPO.__init__, CtmPPO.__init__)
+                 for name, parameter in inspect.signature(function).parameters.items()
+                 if name not in _MANAGED_ALGO_ARGS and parameter.default is not inspect.Parameter.empty}
+"""The training algorithm's keyword arguments and their defaults: ``RecurrentPPO``'s and ``CtmPPO``'s own."""
 
 
 def _arguments(function: Callable) -> frozenset[str]:
@@ -186,7 +189,7 @@ class TrainConfig(SavedConfig):
     """After each evaluation, record one deterministic episode and log its neural-dynamics figure (TensorBoard
     image ``dynamics/figure``) and dynamics measures (``dynamics/*``)."""
     algo: dict[str, Any] = field(default_factory=dict)
-    """``RecurrentPPO`` keyword arguments (``lin_X`` values decay linearly from X to 0)."""
+    """``CtmPPO`` keyword arguments, ``RecurrentPPO``'s and its own (``lin_X`` values decay linearly from X to 0)."""
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the policy kind's policy (``CtmPolicy``'s, or the LSTM baseline's)."""
 
@@ -207,11 +210,11 @@ class TrainConfig(SavedConfig):
         return POLICY_KINDS[self.policy].build(self.policy_kwargs)
 
     def algo_arguments(self) -> dict[str, Any]:
-        """``RecurrentPPO`` keyword arguments (``lin_X`` strings become schedules)."""
+        """``CtmPPO`` keyword arguments (``lin_X`` strings become schedules)."""
         return {key: schedule(value) for key, value in self.algo.items()}
 
     def algo_setting(self, name: str) -> Any:
-        """An algorithm setting: the config's, else ``RecurrentPPO``'s default."""
+        """An algorithm setting: the config's, else the algorithm's default (:data:`ALGO_DEFAULTS`)."""
         return self.algo.get(name, ALGO_DEFAULTS[name])
 
     def validate(self) -> None:
@@ -256,13 +259,14 @@ _ALGO_RANGES: dict[str, tuple[bool, float, float, bool]] = {
     "n_epochs": (True, 1, float("inf"), True), "gamma": (False, 0, 1, False), "gae_lambda": (False, 0, 1, True),
     "ent_coef": (False, 0, float("inf"), True), "vf_coef": (False, 0, float("inf"), True),
     "max_grad_norm": (False, 0, float("inf"), False), "learning_rate": (False, 0, float("inf"), False),
-    "clip_range": (False, 0, float("inf"), False),
+    "clip_range": (False, 0, float("inf"), False), "update_probe_envs": (True, 0, float("inf"), True),
 }
 _SCHEDULED = {"learning_rate", "clip_range"}
 
 
 def check_algo(algo: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` for an algorithm setting of the wrong type or out of range."""
+    check_adaptive_rate(algo.get("lr_kl_target"), algo.get("lr_kl_bounds", DEFAULT_BOUNDS))
     for name, value in algo.items():
         if name not in _ALGO_RANGES:
             continue

@@ -14,6 +14,7 @@ import gymnasium as gym
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ctm_rl import CtmPolicy
@@ -22,12 +23,23 @@ from ctm_rl.envs import make_env
 SMALL_CTM = dict(d_model=32, d_input=16, memory_length=4, nlm_hidden=2, n_synch_out=6)
 
 
+class Recorder(KVWriter):
+    """A logger output that keeps every dump's records, in order."""
+
+    def __init__(self):
+        self.dumps = []
+
+    def write(self, key_values, key_excluded, step=0):
+        self.dumps.append(dict(key_values))
+
+
 def small_model(env: str = "CartPole-NoVel", n_envs: int = 4, n_steps: int = 32, seed: int = 0,
                 policy_class: type = CtmPolicy, max_steps: int | None = None, algorithm: type = RecurrentPPO,
-                **policy_kwargs: Any) -> RecurrentPPO:
+                algo_kwargs: dict[str, Any] | None = None, **policy_kwargs: Any) -> RecurrentPPO:
     kwargs = SMALL_CTM | policy_kwargs if policy_class is CtmPolicy else policy_kwargs
     return algorithm(policy_class, make_env(env, n_envs=n_envs, seed=seed, max_steps=max_steps), n_steps=n_steps,
-                        batch_size=n_steps * n_envs // 2, n_epochs=1, seed=seed, policy_kwargs=kwargs)
+                     batch_size=n_steps * n_envs // 2, n_epochs=1, seed=seed, policy_kwargs=kwargs,
+                     **(algo_kwargs or {}))
 
 
 def dict_env(space: spaces.Dict) -> DummyVecEnv:

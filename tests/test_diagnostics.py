@@ -9,20 +9,14 @@ import pytest
 import torch
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import Logger
 
 from ctm_rl import CtmPolicy, CtmPPO, make_env
 from ctm_rl.sb3.checkpoints import load_agent
 from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.sb3.lstm import lstm_policy_kwargs
 
-
-class Recorder(KVWriter):
-    def __init__(self):
-        self.dumps = []
-
-    def write(self, key_values, key_excluded, step=0):
-        self.dumps.append(dict(key_values))
+from helpers import Recorder
 
 
 def _trained(policy_class, policy_kwargs, **algo):

@@ -76,6 +76,8 @@ def load_weights(model: RecurrentPPO, path: Path, device: str = "auto") -> Recur
                               "the run folder that saved it, or use another checkpoint.") from None
     model.num_timesteps = int(data.get("num_timesteps", 0))
     model._n_updates = int(data.get("_n_updates", 0))
+    if hasattr(model, "lr_kl_scale") and isinstance(data.get("lr_kl_scale"), (int, float)):
+        model.lr_kl_scale = float(data["lr_kl_scale"])  # a KL-adapted learning rate continues where it was
     restore_reward_statistics(model.get_vec_normalize_env(), data.get("reward_statistics"))
     return model
 

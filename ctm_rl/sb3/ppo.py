@@ -17,6 +17,7 @@ from sb3_contrib import RecurrentPPO
 
 from ctm_rl.envs.normalization import reward_statistics
 from ctm_rl.interrupts import signals_held
+from ctm_rl.sb3.adaptive_lr import DEFAULT_BOUNDS, KlAdaptiveRate, check_adaptive_rate
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
 from ctm_rl.sb3.coherence import UpdateCoherence
 from ctm_rl.sb3.diagnostics import GradientNorms
@@ -28,15 +29,24 @@ class CtmPPO(RecurrentPPO):
     also logs the diagnostics of :mod:`ctm_rl.sb3.diagnostics` and :mod:`ctm_rl.sb3.coherence` with each update,
     for any recurrent policy, applies a policy's per-part learning-rate multiples (``lr_scales``,
     :mod:`ctm_rl.sb3.parts`), and after each update lets a ``CtmPolicy``'s output standardisers
-    (``standardize_output``) take up the rollout's statistics.
+    (``standardize_output``) take up the rollout's statistics. With ``lr_kl_target`` it scales the learning rate
+    to keep each update's approximate KL near that target (:mod:`ctm_rl.sb3.adaptive_lr`).
 
+    :param lr_kl_target: the approximate KL per update that the learning rate's multiple follows; ``None`` (the
+        default) keeps the schedule's rate. Logged as ``train/lr_kl_scale``; ``train/learning_rate`` is the rate
+        applied.
+    :param lr_kl_bounds: ``(low, high)``, the range of that multiple of the schedule's rate.
     :param update_probe_envs: envs of the first rollout whose steps probe how consecutive updates move the policy
         (``train/update_change``, ``train/update_coherence``); 0 turns the probe off. It costs one replay of
         ``update_probe_envs * n_steps`` steps without gradients per update and changes nothing in training.
     Other arguments are ``RecurrentPPO``'s.
     """
 
-    def __init__(self, *args: Any, update_probe_envs: int = 4, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lr_kl_target: float | None = None,
+                 lr_kl_bounds: tuple[float, float] = DEFAULT_BOUNDS, update_probe_envs: int = 4, **kwargs: Any) -> None:
+        check_adaptive_rate(lr_kl_target, lr_kl_bounds)
+        self.lr_kl_target, self.lr_kl_bounds = lr_kl_target, tuple(float(bound) for bound in lr_kl_bounds)
+        self.lr_kl_scale = 1.0  # the learning rate's current multiple; a plain number, saved and restored
         self.update_probe_envs = update_probe_envs
         super().__init__(*args, **kwargs)
 
@@ -49,17 +59,26 @@ class CtmPPO(RecurrentPPO):
             norms.remove()
         for key, value in self.update_coherence.after_update(self.policy).items():
             self.logger.record(f"train/{key}", value)
+        if self.adaptive_rate is not None:
+            approx_kl = float(self.logger.name_to_value.get("train/approx_kl", float("nan")))
+            self.lr_kl_scale = self.adaptive_rate.next_scale(self.lr_kl_scale, approx_kl)
         if isinstance(self.policy, CtmPolicy):
             self.policy.commit_output_statistics()
             for key, value in self.policy.diagnostics().items():
                 self.logger.record(f"ctm/{key}", value)
 
     def _update_learning_rate(self, optimizers) -> None:
-        """SB3's schedule step, then each parameter group's ``lr_scale`` (a policy's ``lr_scales``) applied."""
+        """SB3's schedule step, then the KL-adapted multiple (``lr_kl_target``) and each parameter group's
+        ``lr_scale`` (a policy's ``lr_scales``) applied."""
         super()._update_learning_rate(optimizers)
+        scale = 1.0
+        if self.adaptive_rate is not None:
+            scale = self.lr_kl_scale
+            self.logger.record("train/learning_rate", self.lr_schedule(self._current_progress_remaining) * scale)
+            self.logger.record("train/lr_kl_scale", scale)
         for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
             for group in optimizer.param_groups:
-                group["lr"] *= group.get("lr_scale", 1.0)
+                group["lr"] *= scale * group.get("lr_scale", 1.0)
 
     def save(self, path, exclude=None, include=None) -> None:
         """SB3's save, which also records the running reward statistics of a reward-normalising training env as
@@ -69,11 +88,13 @@ class CtmPPO(RecurrentPPO):
             super().save(path, exclude, include)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "update_coherence"]  # its probe is taken anew after a load
+        # The probe is taken anew after a load and the rule rebuilt from lr_kl_target; neither is data to save.
+        return [*super()._excluded_save_params(), "update_coherence", "adaptive_rate"]
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self.update_coherence = UpdateCoherence(self.update_probe_envs)
+        self.adaptive_rate = None if self.lr_kl_target is None else KlAdaptiveRate(self.lr_kl_target, *self.lr_kl_bounds)
         if isinstance(self.policy, CtmPolicy):
             buffer_class = CtmDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else CtmRolloutBuffer
             self.rollout_buffer = buffer_class(
