@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ctm_rl.errors import CheckpointError, ConfigError, CtmRlError, UnknownEnvError, UnsupportedSpaceError
+from ctm_rl.errors import (CheckpointError, ConfigError, CtmRlError, RunBusyError, UnknownEnvError,
+                           UnsupportedSpaceError)
 
 _LAZY = {
     "ContinuousThoughtMachine": "ctm_rl.model.ctm",
@@ -32,6 +33,7 @@ __all__ = [
     "CtmPolicy",
     "CtmRlError",
     "ObservationEncoder",
+    "RunBusyError",
     "UnknownEnvError",
     "UnsupportedSpaceError",
     "make_env",

@@ -34,6 +34,7 @@ from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.interrupts import terminate_as_interrupt, write_atomically
+from ctm_rl.locks import hold_run, run_holder
 from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, ROLLOUT_SETTINGS, AgentSpec, CompareConfig,
                          read_comparison_config, run_dir_of, safe_name)
 
@@ -131,12 +132,19 @@ def execute_run(job: RunJob) -> dict[str, Any]:
     replaced and it starts from scratch. A finished run keeps its ``model.zip`` and drops its checkpoints.
 
     :raises RunInterrupted: if training stopped before its budget.
+    :raises RunBusyError: if another process is training the run now.
     """
+    torch.set_num_threads(job.threads)
+    with hold_run(Path(job.run_dir)):  # another command training this run now leaves it alone, and vice versa
+        return _train_run(job)
+
+
+def _train_run(job: RunJob) -> dict[str, Any]:
+    """:func:`execute_run`'s work, once the run folder is this process's."""
     from ctm_rl.envs import resolve_env
     from ctm_rl.machine import code_version, machine_description
     from ctm_rl.train import resumed_steps, train
 
-    torch.set_num_threads(job.threads)
     run_dir = Path(job.run_dir)
     continue_from = continuable_steps(job)
     if continue_from is None:
@@ -347,9 +355,16 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
         print(f"{out} also holds {extension} from earlier commands: they stay part of this comparison (remove them "
               f"from its {CONFIG_FILE} to leave them out).", flush=True)
     pending = [job for job in jobs if not (Path(job.run_dir) / RESULT_FILE).exists()]
+    busy = {id(job): holder for job in pending if (holder := run_holder(Path(job.run_dir))) is not None}
+    for job in pending:
+        if id(job) in busy:
+            print(f"  skipped: {job.agent} seed {job.seed}, which another process (pid {busy[id(job)]}) is training "
+                  f"now; run the command again once it has finished to include its record.", flush=True)
+    pending = [job for job in pending if id(job) not in busy]
     continuing = sum(continuable_steps(job) is not None for job in pending)
-    print(f"{len(jobs)} runs: {len(jobs) - len(pending)} finished, {len(pending)} to train"
-          + (f" ({continuing} continue from a save)" if continuing else "") + f" ({backend} backend).", flush=True)
+    print(f"{len(jobs)} runs: {len(jobs) - len(pending) - len(busy)} finished, {len(pending)} to train"
+          + (f" ({continuing} continue from a save)" if continuing else "")
+          + (f", {len(busy)} trained by another process" if busy else "") + f" ({backend} backend).", flush=True)
     failures: list[str] = []
 
     def finished(job: RunJob, result: dict[str, Any]) -> None:

@@ -24,3 +24,7 @@ class UnsupportedSpaceError(CtmRlError):
 
 class CheckpointError(CtmRlError):
     """A checkpoint that is missing, corrupt, or does not match the requested model."""
+
+
+class RunBusyError(CtmRlError):
+    """A run folder that another process is training now."""

@@ -29,6 +29,7 @@ from ctm_rl.envs import ResolvedEnv, make_env, resolve_env
 from ctm_rl.envs.normalization import normalize_rewards, unnormalized_twin
 from ctm_rl.errors import ConfigError, CtmRlError
 from ctm_rl.interrupts import stop_requested, terminate_as_interrupt, write_atomically
+from ctm_rl.locks import hold_run
 from ctm_rl.sb3.callbacks import RollingCheckpointCallback, StopOnRequest, TimedEvalCallback, episode_step_limit
 from ctm_rl.sb3.checkpoints import load_newest
 from ctm_rl.sb3.ppo import CtmPPO
@@ -328,13 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, env = config_from_args(args)
             run_dir, created = new_run_dir(config)
-        with open(run_dir / COMMAND_FILE, "a") as command:
-            command.write(shlex.join([sys.executable, "-m", "ctm_rl.train", *argv]) + "\n")
-        if config.eval_freq >= config.timesteps:
-            print(f"note: --eval-freq {config.eval_freq} is not below --timesteps {config.timesteps}: the run is "
-                  f"evaluated once, at the end.", file=sys.stderr)
-        print(f"Run folder: {run_dir}")
-        model = train(config, env, run_dir, resume=bool(args.resume))
+        with hold_run(run_dir):
+            with open(run_dir / COMMAND_FILE, "a") as command:
+                command.write(shlex.join([sys.executable, "-m", "ctm_rl.train", *argv]) + "\n")
+            if config.eval_freq >= config.timesteps:
+                print(f"note: --eval-freq {config.eval_freq} is not below --timesteps {config.timesteps}: the run "
+                      f"is evaluated once, at the end.", file=sys.stderr)
+            print(f"Run folder: {run_dir}")
+            model = train(config, env, run_dir, resume=bool(args.resume))
     except CtmRlError as error:
         if created is not None:
             discard_unsaved_run(run_dir, created)
