@@ -376,9 +376,11 @@ def _tuning_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
         return ["No agent's preset was tuned (`python -m ctm_rl.tune`): both use hand-set presets.", ""]
     lines = ["Tuned with `python -m ctm_rl.tune`: " + "; ".join(
         f"{agent}: study {t['study']} on {t['env']}, {t['trials']} trials of {t['timesteps_per_trial']:,} steps x "
-        f"{t['seeds_per_trial']} seed(s), best trial {t['trial']} ({t['value']:.4g})" for agent, t in tuned.items()) + "."]
+        f"{t['seeds_per_trial']} seed(s) scored by the {t.get('score', 'final')} return, best trial {t['trial']} "
+        f"({t['value']:.4g})" for agent, t in tuned.items()) + "."]
     untuned = [agent for agent in runs if agent not in tuned]
-    budgets = {(t["trials"], t["timesteps_per_trial"], t["seeds_per_trial"]) for t in tuned.values()}
+    budgets = {(t["trials"], t["timesteps_per_trial"], t["seeds_per_trial"], t.get("score", "final"))
+               for t in tuned.values()}
     if untuned or len(budgets) > 1:
         lines.append("**The agents did not get the same tuning budget**" + (f" ({', '.join(untuned)} untuned)"
                                                                            if untuned else "") + ".")

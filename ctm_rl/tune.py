@@ -7,9 +7,11 @@ through a database.
 
 Each trial samples ``--hyperparams`` keys from the agent's search space (``agents/search/<agent>.yml``, blocks
 merged like the presets), trains one run per seed with the training command's code, and scores the mean over
-seeds of the last evaluation's mean return, as ``compare`` scores a run. After every evaluation the trial
-reports its return so far; the median pruner stops trials below the median of earlier trials at the same
-point. Running the same command again continues the study (its SQLite file sits in ``--out`` unless
+seeds of the last evaluation's mean return, as ``compare`` scores a run (``--score final``), or of the mean over
+all of a run's evaluations (``--score mean``, the area under its learning curve), which also rewards learning
+sooner: on a task every trial ends up solving, the final return cannot tell a fast trial from a slow one. After
+every evaluation the trial reports its score so far; the median pruner stops trials below the median of earlier
+trials at the same point. A study keeps the score it was created with. Running the same command again continues the study (its SQLite file sits in ``--out`` unless
 ``--storage`` names another database). The study folder gets ``history.png``, ``importance.png`` and
 ``best.yaml``. Needs Optuna: ``pip install "ctm-rl[tune]"``.
 """
@@ -37,6 +39,13 @@ from ctm_rl.interrupts import terminate_as_interrupt
 from ctm_rl.runs import safe_name
 
 _KINDS = ("float", "int", "categorical")
+SCORES = ("final", "mean")
+"""What a trial can maximise (:attr:`TuneConfig.score`)."""
+
+
+def run_score(returns: list[float], score: str) -> float:
+    """A run's score from its evaluations' mean returns so far: the last one (``final``) or their mean (``mean``)."""
+    return float(returns[-1] if score == "final" else np.mean(returns))
 
 
 def _optuna():
@@ -74,6 +83,9 @@ class TuneConfig:
     """Trials the pruner and TPE wait for before acting (random sampling until then)."""
     sampler_seed: int | None = None
     """Seed of the TPE sampler."""
+    score: str = "final"
+    """What a trial maximises, per run and then averaged over seeds: ``final``, the last evaluation's mean return;
+    ``mean``, the mean over all the run's evaluations (the area under its learning curve)."""
 
 
 def search_space(agent: str, env: str) -> dict[str, dict[str, Any]]:
@@ -132,9 +144,10 @@ def trial_configs(config: TuneConfig, overrides: dict[str, Any], folder: Path) -
     return configs
 
 
-def _pruning_callback(trial: Any, first_step: int):
-    """After each evaluation: report its mean return to the trial as step ``first_step``, ``first_step + 1``, ...
-    (each seed continues the count), and stop training if the pruner says so."""
+def _pruning_callback(trial: Any, first_step: int, score: str):
+    """After each evaluation: report the run's score so far (:func:`run_score`) to the trial as step
+    ``first_step``, ``first_step + 1``, ... (each seed continues the count), and stop training if the pruner says
+    so."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class ReportToTrial(BaseCallback):
@@ -145,7 +158,7 @@ def _pruning_callback(trial: Any, first_step: int):
 
         def _on_step(self) -> bool:
             self.returns.append(float(self.parent.last_mean_reward))
-            trial.report(self.returns[-1], first_step + len(self.returns) - 1)
+            trial.report(run_score(self.returns, score), first_step + len(self.returns) - 1)
             self.pruned = trial.should_prune()
             return not self.pruned
 
@@ -153,19 +166,19 @@ def _pruning_callback(trial: Any, first_step: int):
 
 
 def objective(config: TuneConfig, study_dir: Path, space: dict[str, dict[str, Any]]):
-    """The study's objective: train the trial's runs, report evaluations, return the mean final return."""
+    """The study's objective: train the trial's runs, report evaluations, return the mean of their scores."""
     optuna = _optuna()
     from ctm_rl.train import train
 
     def run_trial(trial: Any) -> float:
         overrides = sample(trial, space)
         folder = study_dir / "trials" / f"trial{trial.number}"
-        finals = []
+        scores = []
         evaluations_per_seed = max(1, config.timesteps // config.eval_freq)
         for seed, train_config in enumerate(trial_configs(config, overrides, folder)):
             run_dir = folder / f"seed{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            report = _pruning_callback(trial, seed * evaluations_per_seed)
+            report = _pruning_callback(trial, seed * evaluations_per_seed, config.score)
             env = resolve_env(train_config.env, train_config.mask_velocity, train_config.env_module)
             model = train(train_config, env, run_dir, after_eval=report)
             if report.pruned:
@@ -174,19 +187,31 @@ def objective(config: TuneConfig, study_dir: Path, space: dict[str, dict[str, An
                 raise KeyboardInterrupt  # interrupted (train saved it): not a result, and the study stops here
             if not report.returns:
                 raise ConfigError("A trial ran no evaluation. Fix: --eval-freq below --timesteps.")
-            finals.append(report.returns[-1])
-        return float(np.mean(finals))
+            scores.append(run_score(report.returns, config.score))
+        return float(np.mean(scores))
 
     return run_trial
 
 
 def open_study(config: TuneConfig, storage: str, study_name: str):
-    """The study (created, or loaded if it exists), maximising the return."""
+    """The study (created, or loaded if it exists), maximising ``config.score``.
+
+    :raises ConfigError: if the study exists and was created to maximise another score: its trials' values
+        could not be compared with the new ones.
+    """
     optuna = _optuna()
     sampler = optuna.samplers.TPESampler(n_startup_trials=config.n_startup_trials, seed=config.sampler_seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials, n_warmup_steps=1)
-    return optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
-                               pruner=pruner, load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    recorded = study.user_attrs.get("score", "final")  # studies from before the choice existed scored the final
+    if not study.trials and "score" not in study.user_attrs:
+        study.set_user_attr("score", config.score)
+        recorded = config.score
+    if recorded != config.score:
+        raise ConfigError(f"Study {study_name!r} maximises the {recorded!r} score, not {config.score!r}. Fix: "
+                          f"--score {recorded} to add to it, or another --study-name for a new study.")
+    return study
 
 
 class _InterruptWithoutTraceback(logging.Filter):
@@ -247,7 +272,8 @@ def best_preset(study: Any, config: TuneConfig) -> dict[str, Any]:
                                {**config.hyperparams, **study.best_trial.params})
     preset["tuning"] = {"env": config.env, "study": study.study_name, "trial": study.best_trial.number,
                         "value": float(study.best_value), "trials": len(study.trials),
-                        "timesteps_per_trial": config.timesteps, "seeds_per_trial": config.seeds}
+                        "timesteps_per_trial": config.timesteps, "seeds_per_trial": config.seeds,
+                        "score": config.score}
     return {"default": preset}
 
 
@@ -299,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-trials", type=int, default=defaults.n_startup_trials,
                         help="random trials before TPE and pruning start (default: %(default)s)")
     parser.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler")
+    parser.add_argument("--score", choices=SCORES, default=defaults.score,
+                        help="what a trial maximises: the last evaluation's mean return (final, as compare scores a "
+                             "run) or the mean over all evaluations (mean: the area under the learning curve, which "
+                             "also rewards learning sooner) (default: %(default)s)")
     parser.add_argument("--out", help="study folder (default: studies/<env>-<agent>)")
     parser.add_argument("--save-preset", type=Path, help="also write the best trial as a preset file here")
     return parser
@@ -316,7 +346,7 @@ def config_from_args(args: argparse.Namespace) -> TuneConfig:
                       seeds=args.seeds, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
                       eval_deterministic=not args.eval_stochastic,
                       hyperparams=parse_key_values(args.hyperparams, "--hyperparams"),
-                      n_startup_trials=args.startup_trials, sampler_seed=args.sampler_seed)
+                      n_startup_trials=args.startup_trials, sampler_seed=args.sampler_seed, score=args.score)
 
 
 @terminate_as_interrupt

@@ -1,7 +1,10 @@
 """python -m ctm_rl.tune: a study in SQLite with pruning, resuming it, and the saved preset training."""
 
+import dataclasses
 import logging
 import signal
+
+import numpy as np
 
 import pytest
 import yaml
@@ -12,6 +15,7 @@ optuna = pytest.importorskip("optuna")
 import ctm_rl.train as train_module  # noqa: E402
 from ctm_rl import tune  # noqa: E402
 from ctm_rl.config import preset_file  # noqa: E402
+from ctm_rl.errors import ConfigError  # noqa: E402
 from ctm_rl.sb3.checkpoints import saved_steps  # noqa: E402
 
 SMALL = dict(n_envs=2, algo=dict(n_steps=16, batch_size=32, n_epochs=1),
@@ -46,9 +50,9 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-def _config(agent, trials):
+def _config(agent, trials, score="final"):
     return tune.TuneConfig(env="CartPole-NoVel", agent=str(agent), trials=trials, timesteps=96, eval_freq=32,
-                           eval_episodes=2, n_startup_trials=1, sampler_seed=0)
+                           eval_episodes=2, n_startup_trials=1, sampler_seed=0, score=score)
 
 
 def test_a_study_prunes_resumes_and_its_best_preset_trains(tmp_path, tiny_agent):
@@ -118,10 +122,13 @@ def test_the_comparison_summary_says_which_presets_were_tuned_and_with_what_budg
               "timesteps_per_trial": 100_000, "seeds_per_trial": 2}
     assert "both use hand-set presets" in _tuning_lines({"ctm": [{}], "lstm": [{}]})[0]
     one = " ".join(_tuning_lines({"ctm": [{"tuning": record}], "lstm": [{}]}))
-    assert "ctm: study s on CartPole-NoVel, 40 trials of 100,000 steps x 2 seed(s)" in one
+    assert "ctm: study s on CartPole-NoVel, 40 trials of 100,000 steps x 2 seed(s) scored by the final return" in one
     assert "did not get the same tuning budget** (lstm untuned)" in one
     both = " ".join(_tuning_lines({"ctm": [{"tuning": record}], "lstm": [{"tuning": {**record, "study": "t"}}]}))
     assert "same tuning budget" not in both
+    scored_otherwise = {**record, "study": "t", "score": "mean"}
+    assert "did not get the same tuning budget" in " ".join(
+        _tuning_lines({"ctm": [{"tuning": record}], "lstm": [{"tuning": scored_otherwise}]}))
 
 
 @pytest.mark.parametrize("flags, deterministic", [((), True), (("--eval-stochastic",), False)])
@@ -130,3 +137,26 @@ def test_trials_are_evaluated_as_the_study_says(tmp_path, flags, deterministic):
     config = tune.config_from_args(args)
     assert config.eval_deterministic is deterministic
     assert [c.eval_deterministic for c in tune.trial_configs(config, {}, tmp_path)] == [deterministic]
+
+
+def test_the_mean_score_is_the_area_under_each_runs_learning_curve_and_a_study_keeps_its_score(tmp_path, tiny_agent):
+    study_dir = tmp_path / "study"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = dataclasses.replace(_config(tiny_agent, 1, score="mean"), seeds=2)
+    tune.open_study(config, storage, "auc").enqueue_trial({"max_steps": 200, "learning_rate": 3e-4})
+    study = tune.run_study(config, study_dir, storage, "auc")
+    trial = study.trials[0]
+    curves = []
+    for seed in range(2):
+        with np.load(study_dir / "trials" / "trial0" / f"seed{seed}" / "eval" / "evaluations.npz") as data:
+            curves.append(data["results"].mean(axis=1))
+    assert [len(curve) for curve in curves] == [3, 3]
+    assert any(curve[-1] != curve.mean() for curve in curves)  # the two scores differ here
+    # Reported after each evaluation: the run's mean so far, the second seed continuing the step count.
+    expected = [float(np.mean(curve[:k + 1])) for curve in curves for k in range(3)]
+    assert [trial.intermediate_values[step] for step in range(6)] == pytest.approx(expected)
+    assert trial.value == pytest.approx(np.mean([curve.mean() for curve in curves]))
+    assert study.user_attrs["score"] == "mean"
+    assert tune.best_preset(study, config)["default"]["tuning"]["score"] == "mean"
+    with pytest.raises(ConfigError, match="maximises the 'mean' score, not 'final'. Fix: --score mean"):
+        tune.open_study(_config(tiny_agent, 1), storage, "auc")
