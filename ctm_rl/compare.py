@@ -355,12 +355,12 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
         print(f"{out} also holds {extension} from earlier commands: they stay part of this comparison (remove them "
               f"from its {CONFIG_FILE} to leave them out).", flush=True)
     pending = [job for job in jobs if not (Path(job.run_dir) / RESULT_FILE).exists()]
-    busy = {id(job): holder for job in pending if (holder := run_holder(Path(job.run_dir))) is not None}
-    for job in pending:
-        if id(job) in busy:
-            print(f"  skipped: {job.agent} seed {job.seed}, which another process (pid {busy[id(job)]}) is training "
-                  f"now; run the command again once it has finished to include its record.", flush=True)
-    pending = [job for job in pending if id(job) not in busy]
+    holders = {job.run_dir: run_holder(Path(job.run_dir)) for job in pending}
+    busy = [job for job in pending if holders[job.run_dir] is not None]
+    for job in busy:
+        print(f"  skipped: {job.agent} seed {job.seed}, which another process (pid {holders[job.run_dir]}) is training "
+              f"now; run the command again once it has finished to include its record.", flush=True)
+    pending = [job for job in pending if holders[job.run_dir] is None]
     continuing = sum(continuable_steps(job) is not None for job in pending)
     print(f"{len(jobs)} runs: {len(jobs) - len(pending) - len(busy)} finished, {len(pending)} to train"
           + (f" ({continuing} continue from a save)" if continuing else "")
