@@ -86,6 +86,9 @@ def test_the_synchronisation_scale_is_that_of_the_last_rollout():
         sync, _ = policy._run_ctm(policy.ctm, projected, start, starts)
     assert logged["ctm/sync_abs_mean"] == pytest.approx(float(sync.abs().mean()), rel=1e-4)
     assert logged["ctm/sync_rms"] == pytest.approx(float(sync.square().mean().sqrt()), rel=1e-4)
+    # The share of the mean square that varies from step to step: each pair's variance over the rollout's steps.
+    varying = float(sync.reshape(40, -1).var(dim=0, unbiased=False).mean() / sync.square().mean())
+    assert 0.01 < varying < 0.99 and logged["ctm/sync_state_share"] == pytest.approx(varying, rel=1e-3)
     at_reset = sync[starts.bool()]
     assert 1 < len(at_reset) < 40  # a later episode started within the rollout too
     assert logged["ctm/sync_rms_at_reset"] == pytest.approx(float(at_reset.square().mean().sqrt()), rel=1e-4)

@@ -69,7 +69,11 @@ class GradientNorms:
 
 class OutputScale:
     """Running sums of a batch of outputs' absolute values and squares, over all steps and over the steps that
-    start an episode, read and reset once per rollout.
+    start an episode, and of each output feature, read and reset once per rollout.
+
+    The per-feature sums give the share of the outputs' mean square that varies from step to step
+    (``sync_state_share``: 1 - the squared per-feature means' average over the mean square). Near 0 the heads read
+    about the same input in every state, so whatever an update does to the policy in one state it does in all.
 
     Kept as tensors so that adding a step costs no device synchronisation.
     """
@@ -83,6 +87,8 @@ class OutputScale:
         self.count = 0
         self.start_square_sum: torch.Tensor | float = 0.0
         self.start_count: torch.Tensor | float = 0.0
+        self.feature_sum: torch.Tensor | float = 0.0
+        self.rows = 0
 
     def add(self, outputs: torch.Tensor, episode_starts: torch.Tensor) -> None:
         """:param outputs: ``(N, P)``.
@@ -95,14 +101,19 @@ class OutputScale:
         self.count += outputs.numel()
         self.start_square_sum = self.start_square_sum + (row_squares * starts).sum()
         self.start_count = self.start_count + starts.sum() * outputs.shape[-1]
+        self.feature_sum = self.feature_sum + outputs.sum(dim=0)
+        self.rows += outputs.shape[0]
 
     def summary(self) -> dict[str, float]:
-        """``{"sync_abs_mean", "sync_rms"}`` over what was added, with ``"sync_rms_at_reset"`` if an episode
-        started; empty if nothing was added."""
+        """``{"sync_abs_mean", "sync_rms"}`` over what was added, ``"sync_state_share"`` unless every output was
+        0, and ``"sync_rms_at_reset"`` if an episode started; empty if nothing was added."""
         if not self.count:
             return {}
-        summary = {"sync_abs_mean": float(self.abs_sum) / self.count,
-                   "sync_rms": (float(self.square_sum) / self.count) ** 0.5}
+        mean_square = float(self.square_sum) / self.count
+        summary = {"sync_abs_mean": float(self.abs_sum) / self.count, "sync_rms": mean_square ** 0.5}
+        if mean_square > 0:
+            feature_means = self.feature_sum / self.rows  # (P,)
+            summary["sync_state_share"] = 1.0 - float(feature_means.square().mean()) / mean_square
         if float(self.start_count):
             summary["sync_rms_at_reset"] = (float(self.start_square_sum) / float(self.start_count)) ** 0.5
         return summary

@@ -341,7 +341,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
 
     def diagnostics(self) -> dict[str, float]:
         """The synchronisation's scale over the rollout steps since the last call (``sync_abs_mean``,
-        ``sync_rms``, and ``sync_rms_at_reset`` over the steps that start an episode), the actor CTM's decay rates
+        ``sync_rms``, ``sync_rms_at_reset`` over the steps that start an episode, and ``sync_state_share``, the
+        share of its mean square that varies from step to step), the actor CTM's decay rates
         (``decay_mean``, ``decay_min``, ``decay_max``) and its learned neuron-level temperatures, if any
         (``nlm_temperature_0`` for the first layer, ...)."""
         rates = self.ctm.synchronisation.rates().detach()
