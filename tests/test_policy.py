@@ -451,6 +451,33 @@ def test_a_bad_standardize_momentum_is_refused_with_the_fix(momentum):
         small_model(standardize_output=True, standardize_momentum=momentum)
 
 
+def test_a_centring_standardizer_subtracts_the_running_mean_and_keeps_the_spread():
+    standardizer = RunningStandardizer(3, momentum=0.25, scale=False)
+    rows = torch.tensor([[1.0, 0.0, 50.0], [3.0, 0.0, 50.0], [5.0, 0.0, 50.0]])
+    standardizer.observe(rows)
+    standardizer.commit()
+    # Not divided by the spread (2**0.5 in the first column), and not clipped at 10 either.
+    torch.testing.assert_close(standardizer(rows), torch.tensor([[-2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]))
+    torch.testing.assert_close(standardizer(rows + 20.0), rows - standardizer.mean + 20.0)
+
+
+def test_a_policy_with_centred_output_feeds_its_heads_the_synchronisation_minus_its_running_mean():
+    model = small_model(algorithm=CtmPPO, standardize_output="center")
+    model.learn(model.n_steps * model.n_envs, log_interval=100)  # one rollout, its update, then the commit
+    standardizer = model.policy.output_standardizer
+    assert isinstance(standardizer, RunningStandardizer) and not standardizer.scale
+    synchronisation = torch.randn(5, model.policy.ctm.output_size) * 1e-3
+    assert float(standardizer.mean.abs().max()) > 0
+    torch.testing.assert_close(standardizer(synchronisation), synchronisation - standardizer.mean)
+    assert model.policy._get_constructor_parameters()["standardize_output"] == "center"
+
+
+@pytest.mark.parametrize("choice", ["centre", 1, None])
+def test_a_bad_standardize_output_is_refused_with_the_fix(choice):
+    with pytest.raises(ConfigError, match="standardize_output must be false, true or center"):
+        small_model(standardize_output=choice)
+
+
 def test_a_running_standardizer_is_the_identity_until_a_commit_then_follows_later_rollouts_by_its_momentum():
     standardizer = RunningStandardizer(3, momentum=0.25)
     rows = torch.tensor([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [5.0, 0.0, 5.0]])

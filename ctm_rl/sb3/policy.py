@@ -100,7 +100,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         standard deviation over the rollout steps (:class:`~ctm_rl.sb3.standardizer.RunningStandardizer`, which
         ``CtmPPO`` updates after each PPO update; under a plain ``RecurrentPPO`` it stays the identity) before the
         heads (and before ``normalize_output``'s normalisation), so that the heads read the synchronisation's
-        variation across the visited steps at unit scale, whatever its size.
+        variation across the visited steps at unit scale, whatever its size; ``"center"`` only subtracts each
+        pair's running mean, so that the heads read what varies from state to state at the scale it has.
     :param standardize_momentum: with ``standardize_output``, the share of the estimates each update's rollout
         replaces (the first rollout's replace them whole); 0 keeps the first rollout's map for the whole run, a
         data-dependent initialisation of the heads' input scale rather than a running normalisation.
@@ -143,7 +144,7 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         project_cells: bool = True,
         compile_rollout: CompileOption = False,
         normalize_output: bool | str = False,
-        standardize_output: bool = False,
+        standardize_output: bool | str = False,
         standardize_momentum: float = 0.1,
         detach_critic: bool = False,
         hidden_gain: float = SB3_HIDDEN_GAIN,
@@ -172,8 +173,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
         check_policy_arguments({
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
             "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
-            "standardize_momentum": standardize_momentum, "hidden_gain": hidden_gain, "action_gain": action_gain,
-            "ortho_init": ortho_init, "normalize_output": normalize_output, "lr_scales": lr_scales,
+            "standardize_output": standardize_output, "standardize_momentum": standardize_momentum,
+            "hidden_gain": hidden_gain, "action_gain": action_gain, "ortho_init": ortho_init, "normalize_output": normalize_output, "lr_scales": lr_scales,
         })
         self.d_input = d_input
         self.carry_traces = carry_traces
@@ -215,7 +216,9 @@ class CtmPolicy(RecurrentActorCriticPolicy):
                                    else self.output_norm)
 
         def standardizer() -> nn.Module:
-            return RunningStandardizer(width, self.standardize_momentum) if self.standardize_output else nn.Identity()
+            if not self.standardize_output:
+                return nn.Identity()
+            return RunningStandardizer(width, self.standardize_momentum, scale=self.standardize_output != "center")
 
         self.output_standardizer = standardizer()
         self.critic_output_standardizer = standardizer() if not self.share_ctm else self.output_standardizer
@@ -458,6 +461,10 @@ def check_policy_arguments(arguments: Mapping[str, Any]) -> None:
         raise ConfigError(f"normalize_output must be false, true, layer or rms, got {normalization!r}. "
                           "Fix: normalize_output=rms scales each step's synchronisation to unit size, "
                           "normalize_output=layer also centres it.")
+    standardize = given["standardize_output"]
+    if not (isinstance(standardize, bool) or standardize == "center"):
+        raise ConfigError(f"standardize_output must be false, true or center, got {standardize!r}. Fix: "
+                          "standardize_output=center subtracts each pair's running mean, true also scales it.")
     momentum = given["standardize_momentum"]
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"standardize_momentum must be in [0, 1], got {momentum!r}. Fix: 0.1 follows the rollouts, "

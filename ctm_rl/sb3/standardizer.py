@@ -28,11 +28,15 @@ class RunningStandardizer(nn.Module):
         the first rollout's statistics.
     :param eps: added to the variance before its square root.
     :param clip: standardised values are clipped to ``[-clip, clip]``, as ``VecNormalize`` clips observations.
+    :param scale: divide by the standard deviation; ``False`` only centres each feature (subtracts its running
+        mean), leaving its spread and the clip alone: the heads then read only what varies from state to state,
+        at the scale it has.
     """
 
-    def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-8, clip: float = 10.0) -> None:
+    def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-8, clip: float = 10.0,
+                 scale: bool = True) -> None:
         super().__init__()
-        self.momentum, self.eps, self.clip = momentum, eps, clip
+        self.momentum, self.eps, self.clip, self.scale = momentum, eps, clip, scale
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("var", torch.ones(width))
         self.register_buffer("commits", torch.zeros((), dtype=torch.long))
@@ -67,5 +71,8 @@ class RunningStandardizer(nn.Module):
         self._reset_pending()
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """:param rows: ``(N, width)``. :return: ``(N, width)``, standardised and clipped."""
+        """:param rows: ``(N, width)``. :return: ``(N, width)``, standardised and clipped (with ``scale``), or
+        centred."""
+        if not self.scale:
+            return rows - self.mean
         return ((rows - self.mean) * torch.rsqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
