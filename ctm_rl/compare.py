@@ -146,6 +146,8 @@ def _train_run(job: RunJob) -> dict[str, Any]:
     from ctm_rl.train import resumed_steps, train
 
     run_dir = Path(job.run_dir)
+    if (run_dir / RESULT_FILE).exists():  # another command finished and recorded it since this one planned it
+        return json.loads((run_dir / RESULT_FILE).read_text())
     continue_from = continuable_steps(job)
     if continue_from is None:
         if run_dir.exists():

@@ -1,6 +1,7 @@
 """One training process per run folder: the lock, and the training and comparison commands that respect it."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -106,3 +107,15 @@ def test_a_worker_that_finds_its_run_taken_fails_without_touching_it(tmp_path, h
     with pytest.raises(RunBusyError):
         compare.execute_run(job)
     assert (run_dir / "marker").read_text() == "kept"
+
+
+def test_a_run_another_command_recorded_after_this_one_planned_it_is_kept_not_trained_again(tmp_path):
+    config = compare.CompareConfig(agents=["ctm"], seeds=[0], timesteps=512, eval_freq=256, eval_episodes=2)
+    job = compare.plan(config, tmp_path)[0]
+    run_dir = tmp_path / "runs" / "ctm" / "seed0"
+    run_dir.mkdir(parents=True)
+    record = {"agent": "ctm", "seed": 0, "evaluations": {"return_mean": [1.0]}}
+    (run_dir / "result.json").write_text(json.dumps(record))
+    (run_dir / "marker").write_text("kept")  # gone if the folder were replaced
+    assert compare.execute_run(job) == record
+    assert (run_dir / "marker").read_text() == "kept" and not (run_dir / "model.zip").exists()
