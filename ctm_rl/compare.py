@@ -32,7 +32,7 @@ import yaml
 
 from ctm_rl.allocator import keep_freed_memory
 from ctm_rl.config import TrainConfig, load_preset, parse_key_values, preset_policy, resolve_config
-from ctm_rl.errors import ConfigError, CtmRlError
+from ctm_rl.errors import ConfigError, CtmRlError, RunBusyError
 from ctm_rl.interrupts import terminate_as_interrupt, write_atomically
 from ctm_rl.locks import hold_run, run_holder
 from ctm_rl.runs import (COMMAND_FILE, CONFIG_FILE, RESULT_FILE, ROLLOUT_SETTINGS, AgentSpec, CompareConfig,
@@ -375,6 +375,10 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
               f"{result['steps_per_second']:.0f} steps/s, {result['wall_time_s'] / 60:.1f} min", flush=True)
 
     def failed(job: RunJob, error: BaseException) -> None:
+        if isinstance(error, RunBusyError):  # another command on this folder took the run up first
+            print(f"  skipped: {job.agent} seed {job.seed}, which another process took up meanwhile; run the "
+                  f"command again once it has finished to include its record.", flush=True)
+            return
         failures.append(f"{job.agent} seed {job.seed}: {error}")
         print(f"  failed: {failures[-1]}", file=sys.stderr, flush=True)
 

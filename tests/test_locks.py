@@ -119,3 +119,13 @@ def test_a_run_another_command_recorded_after_this_one_planned_it_is_kept_not_tr
     (run_dir / "marker").write_text("kept")  # gone if the folder were replaced
     assert compare.execute_run(job) == record
     assert (run_dir / "marker").read_text() == "kept" and not (run_dir / "model.zip").exists()
+
+
+def test_a_run_taken_up_by_another_command_after_planning_is_skipped_not_failed(tmp_path, holder, capsys, monkeypatch):
+    out = tmp_path / "cmp"
+    busy = out / "runs" / "ctm" / "seed0"
+    process = holder(busy)
+    monkeypatch.setattr(compare, "run_holder", lambda run_dir: None)  # the other command starts after the check
+    assert compare.main([*RESUMABLE, "--seeds", "2", "--out", str(out)]) == 0
+    assert "skipped: ctm seed 0, which another process took up meanwhile" in capsys.readouterr().out
+    assert not (busy / "result.json").exists() and (out / "runs" / "ctm" / "seed1" / "result.json").exists()
