@@ -11,8 +11,8 @@ seeds of the last evaluation's mean return, as ``compare`` scores a run (``--sco
 all of a run's evaluations (``--score mean``, the area under its learning curve), which also rewards learning
 sooner: on a task every trial ends up solving, the final return cannot tell a fast trial from a slow one. After
 every evaluation the trial reports its score so far; the median pruner stops trials below the median of earlier
-trials at the same point. A study keeps the score it was created with. Running the same command again continues the study (its SQLite file sits in ``--out`` unless
-``--storage`` names another database). The study folder gets ``history.png``, ``importance.png`` and
+trials at the same point. A study keeps the score it was created with. Running the same command again continues
+the study (its SQLite file sits in ``--out`` unless ``--storage`` names another database). The study folder gets ``history.png``, ``importance.png`` and
 ``best.yaml``. Needs Optuna: ``pip install "ctm-rl[tune]"``.
 """
 
@@ -204,10 +204,9 @@ def open_study(config: TuneConfig, storage: str, study_name: str):
     pruner = optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials, n_warmup_steps=1)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
-    recorded = study.user_attrs.get("score", "final")  # studies from before the choice existed scored the final
     if not study.trials and "score" not in study.user_attrs:
-        study.set_user_attr("score", config.score)
-        recorded = config.score
+        study.set_user_attr("score", config.score)  # a new study keeps the score it is created with
+    recorded = study.user_attrs.get("score", "final")  # studies from before the choice existed scored the final
     if recorded != config.score:
         raise ConfigError(f"Study {study_name!r} maximises the {recorded!r} score, not {config.score!r}. Fix: "
                           f"--score {recorded} to add to it, or another --study-name for a new study.")

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ctm_rl import CtmPolicy
 from ctm_rl.envs import make_env
+from ctm_rl.sb3.parts import parameter_part
 
 SMALL_CTM = dict(d_model=32, d_input=16, memory_length=4, nlm_hidden=2, n_synch_out=6)
 
@@ -40,6 +41,15 @@ def small_model(env: str = "CartPole-NoVel", n_envs: int = 4, n_steps: int = 32,
     return algorithm(policy_class, make_env(env, n_envs=n_envs, seed=seed, max_steps=max_steps), n_steps=n_steps,
                      batch_size=n_steps * n_envs // 2, n_epochs=1, seed=seed, policy_kwargs=kwargs,
                      **(algo_kwargs or {}))
+
+
+def largest_moves(policy: Any, before: dict[str, Any]) -> dict[str, float]:
+    """The largest change of any parameter in each part of ``policy`` since ``before`` (parameter copies by name)."""
+    moved: dict[str, float] = {}
+    for name, parameter in policy.named_parameters():
+        step = float((parameter.detach() - before[name]).abs().max())
+        moved[parameter_part(name)] = max(moved.get(parameter_part(name), 0.0), step)
+    return moved
 
 
 def dict_env(space: spaces.Dict) -> DummyVecEnv:

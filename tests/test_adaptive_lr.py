@@ -12,10 +12,9 @@ from ctm_rl.config import resolve_config
 from ctm_rl.sb3.adaptive_lr import KlAdaptiveRate
 from ctm_rl.sb3.checkpoints import load_agent, load_weights
 from ctm_rl.sb3.lstm import LstmPolicy
-from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.train import build_model
 
-from helpers import Recorder, small_model
+from helpers import Recorder, largest_moves, small_model
 
 
 @pytest.mark.parametrize("scale, approx_kl, expected", [
@@ -66,9 +65,7 @@ def test_the_multiple_reaches_the_parameters_step_and_combines_with_lr_scales():
     _updates(model, 1)
     before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
     _updates(model, 1)  # the second update, at 1.5 times the rate
-    moved = {}
-    for name, p in model.policy.named_parameters():
-        moved[parameter_part(name)] = max(moved.get(parameter_part(name), 0.0), float((p.detach() - before[name]).abs().max()))
+    moved = largest_moves(model.policy, before)
     # Adam moves the parameters whose gradient keeps its sign by about their group's rate.
     assert moved["actor_head"] == pytest.approx(1.5e-3, rel=0.05)
     assert moved["synapses"] == pytest.approx(1.5e-4, rel=0.05)

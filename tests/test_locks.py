@@ -53,7 +53,8 @@ def test_a_held_folder_is_refused_to_a_second_holder_until_the_first_process_end
     run_dir = tmp_path / "runs" / "ctm" / "seed0"
     process = holder(run_dir)
     assert run_holder(run_dir) == str(process.pid)
-    with pytest.raises(RunBusyError, match=f"being trained by another process \\(pid {process.pid}\\).*kill {process.pid}"):
+    busy = f"being trained by another process \\(pid {process.pid}\\).*kill {process.pid}"
+    with pytest.raises(RunBusyError, match=busy):
         with hold_run(run_dir):
             pass
     process.send_signal(signal.SIGKILL)  # however the holder ends, its lock ends with it

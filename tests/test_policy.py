@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from helpers import SMALL_CTM, collect_rollout, dict_env, small_model
+from helpers import SMALL_CTM, collect_rollout, dict_env, largest_moves, small_model
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
@@ -13,7 +13,6 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from ctm_rl import ConfigError, CtmPolicy, UnsupportedSpaceError
 from ctm_rl.sb3.lstm import LstmPolicy
-from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.sb3.policy import PADDING
 from ctm_rl.sb3.ppo import CtmPPO
 from ctm_rl.sb3.standardizer import RunningStandardizer
@@ -569,10 +568,7 @@ def test_lr_scales_set_a_parts_step_size_at_every_update_and_are_saved(tmp_path,
         assert model.logger.name_to_value["train/learning_rate"] == pytest.approx(rate)  # the schedule's, logged
         # Adam's first steps move every parameter with a gradient by about its group's rate, whatever the
         # gradient's size; the largest move in each part is that rate.
-        moved = {}
-        for name, p in policy.named_parameters():
-            step = float((p.detach() - before[name]).abs().max())
-            moved[parameter_part(name)] = max(moved.get(parameter_part(name), 0.0), step)
+        moved = largest_moves(policy, before)
         assert moved[part] == pytest.approx(0.1 * rate, rel=0.05)
         assert {"actor_head", "critic_head"} < set(moved)
         for other in set(moved) & {"encoder", "actor_head", "critic_head"}:

@@ -88,7 +88,6 @@ class OutputScale:
         self.start_square_sum: torch.Tensor | float = 0.0
         self.start_count: torch.Tensor | float = 0.0
         self.feature_sum: torch.Tensor | float = 0.0
-        self.rows = 0
 
     def add(self, outputs: torch.Tensor, episode_starts: torch.Tensor) -> None:
         """:param outputs: ``(N, P)``.
@@ -102,7 +101,6 @@ class OutputScale:
         self.start_square_sum = self.start_square_sum + (row_squares * starts).sum()
         self.start_count = self.start_count + starts.sum() * outputs.shape[-1]
         self.feature_sum = self.feature_sum + outputs.sum(dim=0)
-        self.rows += outputs.shape[0]
 
     def summary(self) -> dict[str, float]:
         """``{"sync_abs_mean", "sync_rms"}`` over what was added, ``"sync_state_share"`` unless every output was
@@ -112,7 +110,7 @@ class OutputScale:
         mean_square = float(self.square_sum) / self.count
         summary = {"sync_abs_mean": float(self.abs_sum) / self.count, "sync_rms": mean_square ** 0.5}
         if mean_square > 0:
-            feature_means = self.feature_sum / self.rows  # (P,)
+            feature_means = self.feature_sum * (self.feature_sum.numel() / self.count)  # sums over rows / rows: (P,)
             summary["sync_state_share"] = 1.0 - float(feature_means.square().mean()) / mean_square
         if float(self.start_count):
             summary["sync_rms_at_reset"] = (float(self.start_square_sum) / float(self.start_count)) ** 0.5

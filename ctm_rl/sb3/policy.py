@@ -174,7 +174,8 @@ class CtmPolicy(RecurrentActorCriticPolicy):
             "compile_rollout": compile_rollout, "share_ctm": share_ctm,
             "share_features_extractor": share_features_extractor, "detach_critic": detach_critic,
             "standardize_output": standardize_output, "standardize_momentum": standardize_momentum,
-            "hidden_gain": hidden_gain, "action_gain": action_gain, "ortho_init": ortho_init, "normalize_output": normalize_output, "lr_scales": lr_scales,
+            "hidden_gain": hidden_gain, "action_gain": action_gain, "ortho_init": ortho_init,
+            "normalize_output": normalize_output, "lr_scales": lr_scales,
         })
         self.d_input = d_input
         self.carry_traces = carry_traces

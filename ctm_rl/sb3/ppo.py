@@ -94,7 +94,8 @@ class CtmPPO(RecurrentPPO):
     def _setup_model(self) -> None:
         super()._setup_model()
         self.update_coherence = UpdateCoherence(self.update_probe_envs)
-        self.adaptive_rate = None if self.lr_kl_target is None else KlAdaptiveRate(self.lr_kl_target, *self.lr_kl_bounds)
+        self.adaptive_rate = (None if self.lr_kl_target is None
+                              else KlAdaptiveRate(self.lr_kl_target, *self.lr_kl_bounds))
         if isinstance(self.policy, CtmPolicy):
             buffer_class = CtmDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else CtmRolloutBuffer
             self.rollout_buffer = buffer_class(
