@@ -158,7 +158,7 @@ def _train_run(job: RunJob) -> dict[str, Any]:
             file.write(job.command + "\n")
     config = TrainConfig.from_dict(job.config)
     env = resolve_env(config.env, config.mask_velocity, config.env_module)
-    tuning = load_preset(config.agent, config.env, env.family).get("tuning")
+    tuning = load_preset(config.agent, env.preset_blocks).get("tuning")
     started = time.perf_counter()
     model = train(config, env, run_dir, resume=continue_from is not None)
     # The steps train() continued from: the newest save that loaded, which may be older than continue_from when a

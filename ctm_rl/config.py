@@ -2,8 +2,10 @@
 (environment, agent, overrides, run settings) to a validated :class:`TrainConfig`.
 
 A preset file has a ``default`` block, one block per environment family (``CartPole``, ``MiniGrid``, ...) and
-optional blocks per exact name, merged in that order. Each block may set :data:`PRESET_KEYS`; ``policy`` names
-the policy kind (:data:`POLICY_KINDS`), which decides how the agent is built and which ``policy_kwargs`` it takes.
+optional blocks per exact environment (its id without version, its registered id, or the name as typed),
+merged in that order (:attr:`ctm_rl.envs.ResolvedEnv.preset_blocks`). Each block may set :data:`PRESET_KEYS`;
+``policy`` names the policy kind (:data:`POLICY_KINDS`), which decides how the agent is built and which
+``policy_kwargs`` it takes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import torch
@@ -325,12 +327,12 @@ def merge_blocks(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def load_preset(agent: str, env_name: str, family: str) -> dict[str, Any]:
-    """An agent's preset for an environment: ``default``, then the family's block, then the exact name's.
+def load_preset(agent: str, block_names: Sequence[str]) -> dict[str, Any]:
+    """An agent's preset for an environment: the named blocks of its file merged in order (an environment's
+    :attr:`~ctm_rl.envs.ResolvedEnv.preset_blocks`: ``default``, the family, then the exact names).
 
     :param agent: a bundled preset name (``ctm``, ``lstm``) or the path of a preset file.
-    :param env_name: the environment name as typed.
-    :param family: the environment family (``CartPole``, ``MiniGrid``, ...).
+    :param block_names: block names, most general first; names the file does not have are skipped.
     :raises ConfigError: for a missing file, a YAML error (with its line), or a block with unknown keys.
     """
     path = preset_file(agent)
@@ -351,7 +353,7 @@ def load_preset(agent: str, env_name: str, family: str) -> dict[str, Any]:
             raise ConfigError(f"Preset {path}: block {name!r} has unknown keys {', '.join(unknown)}. "
                               f"Fix: use {', '.join(PRESET_KEYS)}.")
     preset: dict[str, Any] = {}
-    for name in dict.fromkeys(("default", family, env_name)):
+    for name in block_names:
         preset = merge_blocks(preset, blocks.get(name) or {})
     if "policy" not in preset:
         raise ConfigError(f"Preset {path} names no policy kind. Fix: add `policy: ctm` (or lstm) to its default "
@@ -373,7 +375,7 @@ def load_preset(agent: str, env_name: str, family: str) -> dict[str, Any]:
 def preset_policy(agent: str, env: str, env_module: str | None = None) -> str:
     """The policy kind an agent's preset names for an environment."""
     resolved = resolve_env(env, env_module=env_module)
-    return load_preset(agent, env, resolved.family)["policy"]
+    return load_preset(agent, resolved.preset_blocks)["policy"]
 
 
 # --- Overrides --------------------------------------------------------------------------------------------
@@ -531,7 +533,7 @@ def resolve_config(
     if n_envs is not None and overrides.get("n_envs", n_envs) != n_envs:
         raise ConfigError(f"--n-envs {n_envs} and --hyperparams n_envs={overrides['n_envs']} disagree. "
                           f"Fix: give the number of environments once.")
-    base = load_preset(agent, env, resolved.family)
+    base = load_preset(agent, resolved.preset_blocks)
     preset = apply_hyperparams(base, overrides)
     policy_kwargs = dict(preset.get("policy_kwargs") or {})
     if ticks is not None:

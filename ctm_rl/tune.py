@@ -89,7 +89,8 @@ class TuneConfig:
 
 
 def search_space(agent: str, env: str) -> dict[str, dict[str, Any]]:
-    """The agent's search space for an environment: ``default``, then the family's block, then the exact name's.
+    """The agent's search space for an environment: its blocks merged as a preset's are (``default``, the family,
+    then the exact environment's).
 
     :raises ConfigError: for a missing file or a malformed distribution.
     """
@@ -103,9 +104,8 @@ def search_space(agent: str, env: str) -> dict[str, dict[str, Any]]:
         blocks = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"Search space {path}: {error}. Fix: correct the YAML there.") from None
-    family = resolve_env(env).family
     space: dict[str, Any] = {}
-    for block in dict.fromkeys(("default", family, env)):
+    for block in resolve_env(env).preset_blocks:
         space = merge_blocks(space, blocks.get(block) or {})
     for key, spec in space.items():
         if not isinstance(spec, dict) or spec.get("type") not in _KINDS:
@@ -266,8 +266,7 @@ def run_study(config: TuneConfig, study_dir: Path, storage: str | None = None, s
 def best_preset(study: Any, config: TuneConfig) -> dict[str, Any]:
     """The best trial as a preset file's content: a ``default`` block with the agent's preset for the
     environment, the trial's values over it, and a ``tuning`` record of the study."""
-    family = resolve_env(config.env).family
-    preset = apply_hyperparams(load_preset(config.agent, config.env, family),
+    preset = apply_hyperparams(load_preset(config.agent, resolve_env(config.env).preset_blocks),
                                {**config.hyperparams, **study.best_trial.params})
     preset["tuning"] = {"env": config.env, "study": study.study_name, "trial": study.best_trial.number,
                         "value": float(study.best_value), "trials": len(study.trials),

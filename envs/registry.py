@@ -48,6 +48,14 @@ class ResolvedEnv:
         return self.base_name.split("/")[-1].split("-")[0]
 
     @property
+    def preset_blocks(self) -> tuple[str, ...]:
+        """The names of the preset (and search-space) blocks that apply, merged in this order: ``default``, the
+        family, the id without version, the registered id, and the name as given. So ``MiniGrid-FourRooms``,
+        ``MiniGrid-FourRooms-v0`` and an entry point's class name all find a ``MiniGrid-FourRooms`` block."""
+        names = ("default", self.family, self.base_name, self.gym_id or self.entry_point, self.name)
+        return tuple(dict.fromkeys(name for name in names if name))
+
+    @property
     def is_minigrid(self) -> bool:
         if self.gym_id is not None:
             return "minigrid" in str(gym.spec(self.gym_id).entry_point).lower()

@@ -14,8 +14,9 @@ import ctm_rl.train as train_module
 from ctm_rl import CheckpointError, ConfigError, CtmPolicy
 from ctm_rl.sb3.callbacks import TimedEvalCallback
 from ctm_rl.sb3.checkpoints import load_agent
-from ctm_rl.config import apply_hyperparams, load_preset, parse_value
-from ctm_rl.envs import make_env
+from ctm_rl.config import apply_hyperparams, load_preset, parse_value, resolve_config
+from ctm_rl.envs import make_env, resolve_env
+from ctm_rl.tune import search_space
 
 TINY = ["--n-envs", "2", "--hyperparams", "n_steps=16", "batch_size=32", "n_epochs=1", "d_model=16", "d_input=8",
         "n_synch_out=4", "memory_length=3", "--eval-freq", "32", "--eval-episodes", "2", "--checkpoint-freq", "32",
@@ -98,14 +99,27 @@ def test_lstm_agent_is_parameter_matched_and_recorded(tmp_path):
 
 
 def test_presets_merge_default_family_and_exact_name():
-    preset = load_preset("ctm", "MiniGrid-FourRooms", "MiniGrid")
+    preset = load_preset("ctm", resolve_env("MiniGrid-FourRooms").preset_blocks)
     assert preset["max_steps"] == 300  # exact name
     assert preset["policy_kwargs"]["d_model"] == 256 and preset["algo"]["n_epochs"] == 4  # family
     assert preset["algo"]["clip_range"] == 0.2 and preset["policy"] == "ctm"  # default
 
 
+@pytest.mark.parametrize("name", ["MiniGrid-FourRooms-v0", "MiniGrid-FourRooms"])
+def test_an_exact_block_applies_to_the_id_with_and_without_version(name, tmp_path):
+    assert resolve_env(name).preset_blocks[:3] == ("default", "MiniGrid", "MiniGrid-FourRooms")
+    assert resolve_config(name, "ctm", {})[0].max_steps == 300  # the bundled preset's MiniGrid-FourRooms block
+    (tmp_path / "search").mkdir()
+    (tmp_path / "mine.yml").write_text("default: {policy: lstm, n_timesteps: 1000}\nMiniGrid-FourRooms: {max_steps: 77}\n"
+                                       "MiniGrid-FourRooms-v0: {n_envs: 3}\n")
+    (tmp_path / "search" / "mine.yml").write_text("MiniGrid-FourRooms: {n_epochs: {type: int, low: 2, high: 3}}\n")
+    config = resolve_config(name, str(tmp_path / "mine.yml"), {})[0]
+    assert config.max_steps == 77 and config.n_envs == 3  # both exact blocks, the versioned one last
+    assert search_space(str(tmp_path / "mine.yml"), name) == {"n_epochs": {"type": "int", "low": 2, "high": 3}}
+
+
 def test_hyperparams_override_any_key():
-    preset = apply_hyperparams(load_preset("ctm", "CartPole-NoVel", "CartPole"),
+    preset = apply_hyperparams(load_preset("ctm", resolve_env("CartPole-NoVel").preset_blocks),
                                {"d_model": 64, "algo.n_epochs": 2, "learning_rate": parse_value("3e-4"), "n_envs": 4,
                                 "policy_kwargs.ticks": 2})
     assert preset["policy_kwargs"]["d_model"] == 64 and preset["algo"]["n_epochs"] == 2
