@@ -12,8 +12,8 @@ all of a run's evaluations (``--score mean``, the area under its learning curve)
 sooner: on a task every trial ends up solving, the final return cannot tell a fast trial from a slow one. After
 every evaluation the trial reports its score so far; the median pruner stops trials below the median of earlier
 trials at the same point. A study keeps the score it was created with. Running the same command again continues
-the study (its SQLite file sits in ``--out`` unless ``--storage`` names another database). The study folder gets ``history.png``, ``importance.png`` and
-``best.yaml``. Needs Optuna: ``pip install "ctm-rl[tune]"``.
+the study (its SQLite file sits in ``--out`` unless ``--storage`` names another database). The study folder gets
+``history.png``, ``importance.png`` and ``best.yaml``. Needs Optuna: ``pip install "ctm-rl[tune]"``.
 """
 
 from __future__ import annotations

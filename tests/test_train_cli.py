@@ -110,8 +110,8 @@ def test_an_exact_block_applies_to_the_id_with_and_without_version(name, tmp_pat
     assert resolve_env(name).preset_blocks[:3] == ("default", "MiniGrid", "MiniGrid-FourRooms")
     assert resolve_config(name, "ctm", {})[0].max_steps == 300  # the bundled preset's MiniGrid-FourRooms block
     (tmp_path / "search").mkdir()
-    (tmp_path / "mine.yml").write_text("default: {policy: lstm, n_timesteps: 1000}\nMiniGrid-FourRooms: {max_steps: 77}\n"
-                                       "MiniGrid-FourRooms-v0: {n_envs: 3}\n")
+    (tmp_path / "mine.yml").write_text("default: {policy: lstm, n_timesteps: 1000}\n"
+                                       "MiniGrid-FourRooms: {max_steps: 77}\nMiniGrid-FourRooms-v0: {n_envs: 3}\n")
     (tmp_path / "search" / "mine.yml").write_text("MiniGrid-FourRooms: {n_epochs: {type: int, low: 2, high: 3}}\n")
     config = resolve_config(name, str(tmp_path / "mine.yml"), {})[0]
     assert config.max_steps == 77 and config.n_envs == 3  # both exact blocks, the versioned one last
