@@ -13,6 +13,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from ctm_rl import ConfigError, CtmPolicy, UnsupportedSpaceError
 from ctm_rl.sb3.lstm import LstmPolicy
+from ctm_rl.sb3.parts import parameter_part
 from ctm_rl.sb3.policy import PADDING
 from ctm_rl.sb3.ppo import CtmPPO
 from ctm_rl.sb3.standardizer import RunningStandardizer
@@ -577,6 +578,31 @@ def test_lr_scales_set_a_parts_step_size_at_every_update_and_are_saved(tmp_path,
     loaded = CtmPPO.load(tmp_path / "model.zip").policy
     assert loaded.lr_scales == {part: 0.1}
     assert sorted(group["lr_scale"] for group in loaded.optimizer.param_groups) == [0.1, 1.0]
+
+
+@pytest.mark.parametrize("policy_class, part, group, group_names", [
+    (CtmPolicy, "synapses", "synapse_input", ("ctm.synapses.feature_weight", "ctm.synapses.recurrent_weight",
+                                              "ctm.synapses.bias")),
+    (LstmPolicy, "lstm", "lstm_input", ("lstm_actor.weight_ih_l0", "lstm_actor.bias_ih_l0",
+                                        "lstm_critic.weight_ih_l0", "lstm_critic.bias_ih_l0")),
+], ids=["ctm", "lstm"])
+@pytest.mark.parametrize("part_scale", [None, 0.5])
+def test_lr_scales_set_the_input_layers_step_apart_from_the_rest_of_its_part(policy_class, part, group, group_names,
+                                                                             part_scale):
+    lr_scales = {group: 0.1} | ({} if part_scale is None else {part: part_scale})
+    model = small_model(policy_class=policy_class, algorithm=CtmPPO, lr_scales=lr_scales,
+                        optimizer_kwargs={"eps": 1e-12})
+    model.batch_size = model.n_steps * model.n_envs  # one Adam step: every parameter moves by about its rate
+    before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
+    model.learn(model.n_steps * model.n_envs, log_interval=100)
+    rate = model.lr_schedule(model._current_progress_remaining)
+    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in model.policy.named_parameters()}
+    rest_of_part = [name for name in moved if parameter_part(name) == part and name not in group_names]
+    assert rest_of_part and all(name in moved for name in group_names)
+    for name in group_names:
+        assert moved[name] == pytest.approx(0.1 * rate, rel=0.05), name
+    for name in rest_of_part:
+        assert moved[name] == pytest.approx((part_scale or 1.0) * rate, rel=0.05), name
 
 
 @pytest.mark.parametrize("policy_class", [CtmPolicy, LstmPolicy], ids=["ctm", "lstm"])

@@ -4,7 +4,10 @@ A part is a group of parameters with one role (``encoder``, ``synapses``, ``nlms
 ``lstm``, ``output_norm``, ``actor_head``, ``critic_head``). The diagnostics log gradient norms per part, and
 ``lr_scales`` gives a part's parameters their own multiple of the learning rate: Adam moves every parameter by
 about the learning rate per step whatever its share of the gradient's signal, so a large part whose gradient is
-mostly noise moves the policy as far as one that carries the signal.
+mostly noise moves the policy as far as one that carries the signal. Two finer groups can be scaled on their own
+within their part: ``synapse_input``, the synapses' input layer over the features and the last post-activations
+(most of a CTM's parameters, whose small steps add up over its wide input), and ``lstm_input``, the LSTM's
+input-to-hidden weights, its counterpart in the LSTM. A finer group not named in ``lr_scales`` follows its part.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ _PARTS = (
 PART_NAMES = tuple(part for _, part in _PARTS)
 """Every part name :func:`parameter_part` gives a parameter of a CTM or LSTM policy."""
 
+# Finer groups within a part that ``lr_scales`` can name: prefixes of parameter names, the group, and its part.
+_SUBPARTS = (
+    (tuple(f"{ctm}.synapses.{name}" for ctm in ("ctm", "critic_ctm")
+           for name in ("feature_weight", "recurrent_weight", "bias")), "synapse_input", "synapses"),
+    (tuple(f"{lstm}.{name}_ih_l" for lstm in ("lstm_actor", "lstm_critic") for name in ("weight", "bias")),
+     "lstm_input", "lstm"),
+)
+
+LR_GROUP_NAMES = PART_NAMES + tuple(group for _, group, _ in _SUBPARTS)
+"""Every name ``lr_scales`` accepts: the parts and the finer groups within them."""
+
 
 def parameter_part(name: str) -> str:
     """The part of a policy a parameter belongs to: ``encoder``, ``synapses``, ``nlms``, ``decay``,
@@ -43,16 +57,27 @@ def parameter_part(name: str) -> str:
     return name.split(".")[0]
 
 
+def lr_scale(name: str, lr_scales: Mapping[str, float]) -> float:
+    """The learning-rate multiple of the parameter called ``name``: its finer group's if ``lr_scales`` names one,
+    else its part's, else 1."""
+    part = parameter_part(name)
+    for prefixes, group, group_part in _SUBPARTS:
+        if group_part == part and group in lr_scales and name.startswith(prefixes):
+            return float(lr_scales[group])
+    return float(lr_scales.get(part, 1.0))
+
+
 def check_lr_scales(lr_scales: Any) -> None:
-    """Raise :class:`ConfigError` unless ``lr_scales`` is ``None`` or maps part names to numbers > 0."""
+    """Raise :class:`ConfigError` unless ``lr_scales`` is ``None`` or maps part or group names to numbers > 0."""
     if lr_scales is None:
         return
     if not isinstance(lr_scales, Mapping):
         raise ConfigError(f"lr_scales must map part names to learning-rate multiples, got {lr_scales!r}. "
                           "Fix: for example lr_scales={synapses: 0.1}.")
     for part, scale in lr_scales.items():
-        if part not in PART_NAMES:
-            raise ConfigError(f"lr_scales names an unknown part {part!r}. Fix: use one of {', '.join(PART_NAMES)}.")
+        if part not in LR_GROUP_NAMES:
+            raise ConfigError(f"lr_scales names an unknown part {part!r}. "
+                              f"Fix: use one of {', '.join(LR_GROUP_NAMES)}.")
         if not is_positive_number(scale):
             raise ConfigError(f"lr_scales[{part}] must be a number > 0, got {scale!r}. Fix: for example 0.1.")
 
@@ -60,10 +85,11 @@ def check_lr_scales(lr_scales: Any) -> None:
 def scaled_parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]],
                             lr_scales: Mapping[str, float]) -> list[dict[str, Any]]:
     """Optimizer parameter groups, one per distinct multiple, each holding its ``lr_scale`` (parts not named
-    take 1). :class:`~ctm_rl.sb3.ppo.CtmPPO` sets each group's rate to the schedule's times its ``lr_scale``."""
+    take 1; see :func:`lr_scale`). :class:`~ctm_rl.sb3.ppo.CtmPPO` sets each group's rate to the schedule's times
+    its ``lr_scale``."""
     groups: dict[float, list[nn.Parameter]] = defaultdict(list)
     for name, parameter in named_parameters:
-        groups[float(lr_scales.get(parameter_part(name), 1.0))].append(parameter)
+        groups[lr_scale(name, lr_scales)].append(parameter)
     return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
