@@ -50,6 +50,8 @@ class RunJob:
     :param threads: torch threads for the run.
     :param runs_at_once: runs sharing the machine with it (``None`` when a scheduler decides), for the record.
     :param test_ticks: tick counts at which a trained CTM is also evaluated.
+    :param stop_at: a return at which the run ends, at its first evaluation that reaches it; ``None`` trains the
+        whole budget.
     """
 
     agent: str
@@ -60,6 +62,7 @@ class RunJob:
     threads: int = 1
     runs_at_once: int | None = None
     test_ticks: tuple[int, ...] = ()
+    stop_at: float | None = None
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -143,6 +146,7 @@ def _train_run(job: RunJob) -> dict[str, Any]:
     """:func:`execute_run`'s work, once the run folder is this process's."""
     from ctm_rl.envs import resolve_env
     from ctm_rl.machine import code_version, machine_description
+    from ctm_rl.sb3.callbacks import StopAtReturn
     from ctm_rl.train import resumed_steps, train
 
     run_dir = Path(job.run_dir)
@@ -160,7 +164,8 @@ def _train_run(job: RunJob) -> dict[str, Any]:
     env = resolve_env(config.env, config.mask_velocity, config.env_module)
     tuning = load_preset(config.agent, env.preset_blocks).get("tuning")
     started = time.perf_counter()
-    model = train(config, env, run_dir, resume=continue_from is not None)
+    stop = None if job.stop_at is None else StopAtReturn(job.stop_at)
+    model = train(config, env, run_dir, resume=continue_from is not None, after_eval=stop)
     # The steps train() continued from: the newest save that loaded, which may be older than continue_from when a
     # newer one turned out damaged.
     resumed_at = resumed_steps(run_dir)
@@ -169,7 +174,8 @@ def _train_run(job: RunJob) -> dict[str, Any]:
     else:
         earlier_wall_time = _wall_time_until(run_dir, resumed_at[-1]) if resumed_at else 0.0
         wall_time = earlier_wall_time + time.perf_counter() - started
-    if model.num_timesteps < config.timesteps:
+    # Training ends early at an interrupt, or (with stop_at) right after the evaluation that reached the threshold.
+    if model.num_timesteps < config.timesteps and not (stop is not None and stop.reached):
         raise RunInterrupted(f"{job.agent} seed {job.seed} stopped at {model.num_timesteps} of {config.timesteps} steps.")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # model.zip holds the finished run
     with np.load(run_dir / "eval" / "evaluations.npz") as data:
@@ -190,7 +196,7 @@ def _train_run(job: RunJob) -> dict[str, Any]:
         "machine": machine_description(str(model.device)), "code": code_version(), "runs_at_once": job.runs_at_once,
         "policy": config.policy, "policy_kwargs": config.policy_kwargs, "algo": config.algo,
         **{name: getattr(config, name) for name in ROLLOUT_SETTINGS}, "normalize_reward": config.normalize_reward,
-        "tuning": tuning, "resumed_at": resumed_at,
+        "tuning": tuning, "resumed_at": resumed_at, "stopped_at_threshold": model.num_timesteps < config.timesteps,
         "evaluations": evaluations,
     }
 
@@ -233,6 +239,10 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
         if old != new:
             raise ConfigError(f"{out} holds a comparison with {name}={old!r}, not {new!r}; its runs would not be "
                               f"comparable. Fix: use the same settings to extend it, or a new --out folder.")
+    if existing.stop_at_threshold and config.threshold not in (None, existing.threshold):
+        raise ConfigError(f"{out} holds runs that stopped at the threshold {existing.threshold!r}, not "
+                          f"{config.threshold!r}; its runs would not be comparable. Fix: drop --threshold to extend "
+                          f"it, or use a new --out folder.")
     return dataclasses.replace(
         config, agents=list(dict.fromkeys(existing.agents + config.agents)),
         seeds=list(dict.fromkeys(existing.seeds + config.seeds)),
@@ -298,11 +308,24 @@ def agent_configs(config: CompareConfig, device: str = "auto") -> dict[str, Trai
 
 def plan(config: CompareConfig, out: Path, device: str = "auto", threads: int = 1,
          runs_at_once: int | None = None, command: str = "") -> list[RunJob]:
-    """Every run of the comparison, after checking each agent's settings (env, preset, keys) up front."""
+    """Every run of the comparison, after checking each agent's settings (env, preset, keys) up front.
+
+    :raises ConfigError: if the comparison stops its runs at the threshold but has none (``--threshold``, else the
+        env's ``reward_threshold``).
+    """
+    from ctm_rl.report import threshold_of
+
+    configs = agent_configs(config, device)
+    stop_at = None
+    if config.stop_at_threshold:
+        stop_at = threshold_of(config)
+        if stop_at is None:
+            raise ConfigError(f"--stop-at-threshold needs a threshold, and {config.env} registers no reward_threshold. "
+                              f"Fix: pass --threshold R.")
     return [RunJob(label, seed, dataclasses.replace(train_config, seed=seed).to_dict(),
                    str(run_dir_of(out, AgentSpec.parse(label), seed)), command, threads, runs_at_once,
-                   tuple(config.test_ticks))
-            for label, train_config in agent_configs(config, device).items() for seed in config.seeds]
+                   tuple(config.test_ticks), stop_at)
+            for label, train_config in configs.items() for seed in config.seeds]
 
 
 def run_comparison(config: CompareConfig, out: Path, backend: str = "local", workers: int | None = None,
@@ -423,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--description", help="what the comparison is for and why its budget (shown in the summary)")
     parser.add_argument("--test-ticks", type=int, nargs="+", default=[], metavar="K",
                         help="also evaluate every trained CTM at these tick counts (think longer at test time)")
+    parser.add_argument("--stop-at-threshold", action="store_true",
+                        help="end each run at its first evaluation at or above the threshold: steps to threshold for "
+                        "less compute, but final returns are that evaluation's (a screen)")
     parser.add_argument("--checkpoint-freq", type=int, default=defaults.checkpoint_freq,
                         help="env steps between a run's checkpoints, from which running the command again continues "
                         "an interrupted run; 0: none, it restarts (default: %(default)s)")
@@ -465,7 +491,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
                          n_envs=args.n_envs, max_steps=args.max_steps, env_module=args.env_module,
                          env_kwargs=parse_key_values(args.env_kwargs, "--env-kwargs"), threshold=args.threshold,
                          baseline=args.baseline, description=args.description,
-                         test_ticks=list(dict.fromkeys(args.test_ticks)), checkpoint_freq=args.checkpoint_freq)
+                         test_ticks=list(dict.fromkeys(args.test_ticks)), checkpoint_freq=args.checkpoint_freq,
+                         stop_at_threshold=args.stop_at_threshold)
 
 
 @terminate_as_interrupt

@@ -60,6 +60,10 @@ class CompareConfig(SavedConfig):
     test_ticks: list[int] = field(default_factory=list)
     """Tick counts at which every CTM run is also evaluated once trained ("think longer" at test time), on
     ``eval_episodes`` episodes each; empty: none."""
+    stop_at_threshold: bool = False
+    """End each run at its first evaluation at or above the threshold, a screen that measures steps to the threshold
+    for less compute: a run's final return is then that evaluation's, not the end of its budget's, and the summary
+    says so. The learning-rate schedule still spans the whole budget, as in a full run."""
     checkpoint_freq: int = 50_000
     """Environment steps between a run's checkpoints, from which the comparison run again continues a run that an
     interruption left unfinished; 0: none (such a run starts again from scratch). A finished run keeps only its
@@ -67,7 +71,7 @@ class CompareConfig(SavedConfig):
 
     # Fields that define what a run computes; a folder's runs are only comparable if these match.
     RUN_FIELDS = ("env", "timesteps", "eval_freq", "eval_episodes", "eval_deterministic", "hyperparams", "n_envs",
-                  "max_steps", "env_module", "env_kwargs")
+                  "max_steps", "env_module", "env_kwargs", "stop_at_threshold")
 
     def baseline_agent(self) -> str:
         """The agent the others are compared against."""

@@ -162,6 +162,8 @@ def test_extending_a_folder_with_other_run_settings_is_refused(tmp_path, capsys)
     (["--agents", "ctm:share_ctm=false,detach_critic=true"], "detach_critic=True applies to a shared CTM"),
     (["--agents", "ctm", "lstm:shared_lstm=false,detach_critic=false"], "detach_critic=False applies to a shared LSTM"),
     (["--agents", "ctm:activation_fn=Relu"], "activation_fn 'Relu' is not a torch.nn module name"),
+    (["--env", "MiniGrid-DoorKey-5x5", "--stop-at-threshold"],
+     "--stop-at-threshold needs a threshold, and MiniGrid-DoorKey-5x5 registers no reward_threshold"),
 ])
 def test_bad_input_is_refused_before_training_and_leaves_no_folder(tmp_path, capsys, args, message):
     assert compare.main([*TINY, "--out", str(tmp_path / "cmp"), *args]) == 2
@@ -182,6 +184,35 @@ def test_an_interrupted_run_is_not_a_result(tmp_path, monkeypatch):
         compare.execute_run(job)
     assert (tmp_path / "runs" / "ctm" / "seed0" / "model.zip").exists()  # what it learned is kept
     assert not (tmp_path / "runs" / "ctm" / "seed0" / "result.json").exists()
+
+
+def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_the_summary_says_so(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # Every CartPole evaluation returns at least 8, so each run stops at its first, the 256-step one.
+    assert compare.main([*TINY, "--timesteps", "1024", "--threshold", "5", "--stop-at-threshold",
+                         "--out", str(out)]) == 0
+    for agent in ("ctm", "lstm"):
+        for seed in (0, 1):
+            result = json.loads((out / "runs" / agent / f"seed{seed}" / "result.json").read_text())
+            assert result["timesteps"] == 256 and result["stopped_at_threshold"] is True
+            assert result["evaluations"]["step"] == [256] and result["evaluations"]["return_mean"][0] >= 5
+    assert {row["steps_to_threshold"] for row in _read_csv(out / "runs.csv")} == {"256"}
+    assert "each run ended at its first evaluation at or above 5 (4 of 4 runs did" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    # Stopped runs are finished: running the command again trains nothing, and the threshold stays the folder's.
+    assert compare.main([*TINY, "--timesteps", "1024", "--stop-at-threshold", "--out", str(out)]) == 0
+    assert "4 runs: 4 finished, 0 to train" in capsys.readouterr().out
+    assert compare.main([*TINY, "--timesteps", "1024", "--threshold", "50", "--stop-at-threshold",
+                         "--out", str(out)]) == 2
+    assert "stopped at the threshold 5.0, not 50.0" in capsys.readouterr().err
+    # A threshold no evaluation reaches: every run trains its whole budget.
+    high = tmp_path / "high"
+    assert compare.main([*TINY[:6], "1", *TINY[7:], "--threshold", "1000", "--stop-at-threshold",
+                         "--out", str(high)]) == 0
+    for agent in ("ctm", "lstm"):
+        result = json.loads((high / "runs" / agent / "seed0" / "result.json").read_text())
+        assert result["timesteps"] == 512 and result["stopped_at_threshold"] is False
+        assert result["evaluations"]["step"] == [256, 512]
 
 
 RESUMABLE = ["--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "1", "--timesteps", "512", "--eval-freq", "128",

@@ -1,5 +1,5 @@
 """Training callbacks: evaluations that also record how long training took to get there, checkpoints that
-keep only the newest few, and a stop when an interrupt asked for one."""
+keep only the newest few, and stops: when an interrupt asked for one, or at an evaluation that reached a return."""
 
 from __future__ import annotations
 
@@ -40,6 +40,28 @@ class StopOnRequest(BaseCallback):
 
     def _on_step(self) -> bool:
         return not stop_requested()
+
+
+class StopAtReturn(BaseCallback):
+    """Ends training at the first evaluation whose mean return reaches ``threshold``; runs after each evaluation
+    (an ``EvalCallback``'s ``callback_after_eval``). Unlike SB3's ``StopTrainingOnRewardThreshold`` it reads the
+    latest evaluation rather than the best so far, which after a resume includes evaluations of a model that was
+    not saved.
+
+    :param threshold: the return at which training ends.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    @property
+    def reached(self) -> bool:
+        """Whether this training's latest evaluation reached the threshold (so that training stopped there)."""
+        return self.parent is not None and self.parent.last_mean_reward >= self.threshold
+
+    def _on_step(self) -> bool:
+        return not self.reached
 
 
 class TimedEvalCallback(EvalCallback):
