@@ -423,10 +423,12 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
         lines += [f"**Incomplete**: finished runs: {', '.join(missing)}.", ""]
     if config.stop_at_threshold:
         stopped = sum(run.get("stopped_at_threshold", False) for results in runs.values() for run in results)
+        total = sum(map(len, runs.values()))
+        rest = "" if stopped == total else f"; the other {total - stopped} never reached it and trained their budget"
         lines += [f"**Stopped at the threshold** (`--stop-at-threshold`, a screen): each run ended at its first "
-                  f"evaluation at or above {threshold:g} ({stopped} of {sum(map(len, runs.values()))} runs did, the "
-                  f"others trained their whole budget), so steps to threshold are exact while a final return is "
-                  f"that evaluation's and the final-return statistics do not describe the end of the budget.", ""]
+                  f"evaluation at or above {threshold:g} ({stopped} of {total} runs{rest}), so steps to threshold are "
+                  f"exact while a final return is that evaluation's and the final-return statistics do not describe "
+                  f"the end of the budget.", ""]
     resumed = [f"{agent} seed {run['seed']} at {', '.join(f'{steps:,}' for steps in run['resumed_at'])} steps"
                for agent, results in runs.items() for run in results if run.get("resumed_at")]
     if resumed:

@@ -197,7 +197,7 @@ def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_the_summary_sa
             assert result["timesteps"] == 256 and result["stopped_at_threshold"] is True
             assert result["evaluations"]["step"] == [256] and result["evaluations"]["return_mean"][0] >= 5
     assert {row["steps_to_threshold"] for row in _read_csv(out / "runs.csv")} == {"256"}
-    assert "each run ended at its first evaluation at or above 5 (4 of 4 runs did" in (out / "summary.md").read_text()
+    assert "each run ended at its first evaluation at or above 5 (4 of 4 runs)" in (out / "summary.md").read_text()
     capsys.readouterr()
     # Stopped runs are finished: running the command again trains nothing, and the threshold stays the folder's.
     assert compare.main([*TINY, "--timesteps", "1024", "--stop-at-threshold", "--out", str(out)]) == 0
@@ -213,6 +213,7 @@ def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_the_summary_sa
         result = json.loads((high / "runs" / agent / "seed0" / "result.json").read_text())
         assert result["timesteps"] == 512 and result["stopped_at_threshold"] is False
         assert result["evaluations"]["step"] == [256, 512]
+    assert "(0 of 2 runs; the other 2 never reached it and trained their budget)" in (high / "summary.md").read_text()
 
 
 RESUMABLE = ["--env", "CartPole-NoVel", "--agents", "ctm", "--seeds", "1", "--timesteps", "512", "--eval-freq", "128",
