@@ -229,17 +229,21 @@ def after_training(model, config: TrainConfig, test_ticks: tuple[int, ...] = ())
 
 
 def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
-    """The folder's comparison extended by ``config``'s agents and seeds; its run settings must match."""
+    """The folder's comparison extended by ``config``'s agents and seeds; its run settings must match, except that
+    a comparison whose runs stopped at the threshold may go on without the stop (its runs then continue to the
+    whole budget, :func:`reopen_stopped_runs`)."""
     path = out / CONFIG_FILE
     if not path.exists():
         return config
     existing = read_comparison_config(out)
     for name in CompareConfig.RUN_FIELDS:
         old, new = getattr(existing, name), getattr(config, name)
+        if name == "stop_at_threshold" and old and not new:
+            continue
         if old != new:
             raise ConfigError(f"{out} holds a comparison with {name}={old!r}, not {new!r}; its runs would not be "
                               f"comparable. Fix: use the same settings to extend it, or a new --out folder.")
-    if existing.stop_at_threshold and config.threshold not in (None, existing.threshold):
+    if existing.stop_at_threshold and config.stop_at_threshold and config.threshold not in (None, existing.threshold):
         raise ConfigError(f"{out} holds runs that stopped at the threshold {existing.threshold!r}, not "
                           f"{config.threshold!r}; its runs would not be comparable. Fix: drop --threshold to extend "
                           f"it, or use a new --out folder.")
@@ -250,6 +254,19 @@ def _merge_existing(out: Path, config: CompareConfig) -> CompareConfig:
         baseline=existing.baseline if config.baseline is None else config.baseline,
         test_ticks=config.test_ticks or existing.test_ticks,
         description=existing.description if config.description is None else config.description)
+
+
+def reopen_stopped_runs(jobs: list[RunJob]) -> list[RunJob]:
+    """Make the runs among ``jobs`` that ended at the threshold unfinished again, for a comparison that trains its
+    whole budget: each loses its record (``result.json``, rebuilt when it finishes) and keeps its ``model.zip`` and
+    evaluations, from which it continues. :return: the reopened jobs."""
+    reopened = []
+    for job in jobs:
+        path = Path(job.run_dir) / RESULT_FILE
+        if job.stop_at is None and path.exists() and json.loads(path.read_text()).get("stopped_at_threshold"):
+            path.unlink()
+            reopened.append(job)
+    return reopened
 
 
 def _folder_extension(requested: CompareConfig, merged: CompareConfig) -> str:
@@ -376,6 +393,10 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
     if command:
         with open(out / COMMAND_FILE, "a") as file:
             file.write(command + "\n")
+    reopened = reopen_stopped_runs(jobs)
+    if reopened:
+        print(f"{len(reopened)} runs had stopped at the threshold (--stop-at-threshold); without it they continue "
+              f"from there to {config.timesteps:,} steps.", flush=True)
     if extension:
         print(f"{out} also holds {extension} from earlier commands: they stay part of this comparison (remove them "
               f"from its {CONFIG_FILE} to leave them out).", flush=True)

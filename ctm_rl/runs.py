@@ -63,7 +63,8 @@ class CompareConfig(SavedConfig):
     stop_at_threshold: bool = False
     """End each run at its first evaluation at or above the threshold, a screen that measures steps to the threshold
     for less compute: a run's final return is then that evaluation's, not the end of its budget's, and the summary
-    says so. The learning-rate schedule still spans the whole budget, as in a full run."""
+    says so. The learning-rate schedule still spans the whole budget, as in a full run, so that the same comparison
+    without the stop continues the stopped runs to the whole budget."""
     checkpoint_freq: int = 50_000
     """Environment steps between a run's checkpoints, from which the comparison run again continues a run that an
     interruption left unfinished; 0: none (such a run starts again from scratch). A finished run keeps only its

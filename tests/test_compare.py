@@ -186,7 +186,7 @@ def test_an_interrupted_run_is_not_a_result(tmp_path, monkeypatch):
     assert not (tmp_path / "runs" / "ctm" / "seed0" / "result.json").exists()
 
 
-def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_the_summary_says_so(tmp_path, capsys):
+def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_continue_once_the_stop_is_dropped(tmp_path, capsys):
     out = tmp_path / "cmp"
     # Every CartPole evaluation returns at least 8, so each run stops at its first, the 256-step one.
     assert compare.main([*TINY, "--timesteps", "1024", "--threshold", "5", "--stop-at-threshold",
@@ -205,6 +205,17 @@ def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_the_summary_sa
     assert compare.main([*TINY, "--timesteps", "1024", "--threshold", "50", "--stop-at-threshold",
                          "--out", str(out)]) == 2
     assert "stopped at the threshold 5.0, not 50.0" in capsys.readouterr().err
+    # Without the stop, the folder's runs continue from where they stopped to the whole budget.
+    assert compare.main([*TINY, "--timesteps", "1024", "--out", str(out)]) == 0
+    assert "4 runs had stopped at the threshold (--stop-at-threshold); without it they continue from there to 1,024 " \
+           "steps" in capsys.readouterr().out
+    for agent in ("ctm", "lstm"):
+        result = json.loads((out / "runs" / agent / "seed0" / "result.json").read_text())
+        assert result["timesteps"] == 1024 and result["stopped_at_threshold"] is False
+        assert result["resumed_at"] == [256] and result["evaluations"]["step"] == [256, 512, 768, 1024]
+    assert "Stopped at the threshold" not in (out / "summary.md").read_text()
+    assert compare.main([*TINY, "--timesteps", "1024", "--stop-at-threshold", "--out", str(out)]) == 2
+    assert "stop_at_threshold=False, not True" in capsys.readouterr().err
     # A threshold no evaluation reaches: every run trains its whole budget.
     high = tmp_path / "high"
     assert compare.main([*TINY[:6], "1", *TINY[7:], "--threshold", "1000", "--stop-at-threshold",
