@@ -395,8 +395,9 @@ def run_comparison(config: CompareConfig, out: Path, backend: str = "local", wor
             file.write(command + "\n")
     reopened = reopen_stopped_runs(jobs)
     if reopened:
-        print(f"{len(reopened)} runs had stopped at the threshold (--stop-at-threshold); without it they continue "
-              f"from there to {config.timesteps:,} steps.", flush=True)
+        many = len(reopened) != 1
+        print(f"{len(reopened)} run{'s' if many else ''} had stopped at the threshold; without --stop-at-threshold this "
+              f"command continues {'them' if many else 'it'} from there to {config.timesteps:,} steps.", flush=True)
     if extension:
         print(f"{out} also holds {extension} from earlier commands: they stay part of this comparison (remove them "
               f"from its {CONFIG_FILE} to leave them out).", flush=True)

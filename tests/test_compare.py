@@ -207,8 +207,8 @@ def test_runs_stop_at_their_first_evaluation_at_the_threshold_and_continue_once_
     assert "stopped at the threshold 5.0, not 50.0" in capsys.readouterr().err
     # Without the stop, the folder's runs continue from where they stopped to the whole budget.
     assert compare.main([*TINY, "--timesteps", "1024", "--out", str(out)]) == 0
-    assert "4 runs had stopped at the threshold (--stop-at-threshold); without it they continue from there to 1,024 " \
-           "steps" in capsys.readouterr().out
+    assert "4 runs had stopped at the threshold; without --stop-at-threshold this command continues them from there " \
+           "to 1,024 steps" in capsys.readouterr().out
     for agent in ("ctm", "lstm"):
         result = json.loads((out / "runs" / agent / "seed0" / "result.json").read_text())
         assert result["timesteps"] == 1024 and result["stopped_at_threshold"] is False
