@@ -36,15 +36,15 @@ _PARTS = (
 PART_NAMES = tuple(part for _, part in _PARTS)
 """Every part name :func:`parameter_part` gives a parameter of a CTM or LSTM policy."""
 
-# Finer groups within a part that ``lr_scales`` can name: prefixes of parameter names, the group, and its part.
+# Finer groups within a part that ``lr_scales`` can name: prefixes of parameter names, and the group.
 _SUBPARTS = (
     (tuple(f"{ctm}.synapses.{name}" for ctm in ("ctm", "critic_ctm")
-           for name in ("feature_weight", "recurrent_weight", "bias")), "synapse_input", "synapses"),
+           for name in ("feature_weight", "recurrent_weight", "bias")), "synapse_input"),
     (tuple(f"{lstm}.{name}_ih_l" for lstm in ("lstm_actor", "lstm_critic") for name in ("weight", "bias")),
-     "lstm_input", "lstm"),
+     "lstm_input"),
 )
 
-LR_GROUP_NAMES = PART_NAMES + tuple(group for _, group, _ in _SUBPARTS)
+LR_GROUP_NAMES = PART_NAMES + tuple(group for _, group in _SUBPARTS)
 """Every name ``lr_scales`` accepts: the parts and the finer groups within them."""
 
 
@@ -60,11 +60,10 @@ def parameter_part(name: str) -> str:
 def lr_scale(name: str, lr_scales: Mapping[str, float]) -> float:
     """The learning-rate multiple of the parameter called ``name``: its finer group's if ``lr_scales`` names one,
     else its part's, else 1."""
-    part = parameter_part(name)
-    for prefixes, group, group_part in _SUBPARTS:
-        if group_part == part and group in lr_scales and name.startswith(prefixes):
+    for prefixes, group in _SUBPARTS:
+        if group in lr_scales and name.startswith(prefixes):
             return float(lr_scales[group])
-    return float(lr_scales.get(part, 1.0))
+    return float(lr_scales.get(parameter_part(name), 1.0))
 
 
 def check_lr_scales(lr_scales: Any) -> None:
