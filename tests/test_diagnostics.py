@@ -161,6 +161,36 @@ def test_update_coherence_compares_consecutive_updates_on_the_first_rollouts_sta
 
 
 @pytest.mark.parametrize("policy_class, policy_kwargs", _TINY_POLICIES, ids=["ctm", "lstm"])
+def test_parameter_moves_compare_consecutive_updates_per_part(policy_class, policy_kwargs):
+    """Each part's logged move and coherence equal those of its parameters' changes over the last two updates,
+    taken from the parameters at the start of each rollout and at the end."""
+    env = make_env("CartPole-NoVel", n_envs=4, seed=0)
+    model = CtmPPO(policy_class, env, n_steps=16, batch_size=32, n_epochs=2, seed=0, policy_kwargs=policy_kwargs)
+    recorder, rollouts = Recorder(), _RolloutRecorder()
+    model.set_logger(Logger(None, [recorder]))
+    model.learn(128, callback=rollouts)
+    model.logger.dump(model.num_timesteps)
+    logged = recorder.dumps[-1]
+
+    names = [name for name, _ in model.policy.named_parameters()]
+    parts = sorted({parameter_part(name) for name in names})
+
+    def part_vector(parameters, part):
+        return torch.cat([parameters[name].flatten() for name in names if parameter_part(name) == part])
+
+    before, between = rollouts.parameters
+    after = model.policy.state_dict()
+    assert {key.split("/")[1] for key in logged if key.startswith("param_")} == set(parts)
+    for part in parts:
+        first = part_vector(between, part) - part_vector(before, part)
+        second = part_vector(after, part) - part_vector(between, part)
+        assert logged[f"param_move/{part}"] == pytest.approx(float(second.square().mean().sqrt()), rel=1e-5)
+        expected = float(torch.nn.functional.cosine_similarity(first, second, dim=0))
+        assert logged[f"param_coherence/{part}"] == pytest.approx(expected, abs=1e-5)
+    assert logged["param_move/actor_head"] > 0
+
+
+@pytest.mark.parametrize("policy_class, policy_kwargs", _TINY_POLICIES, ids=["ctm", "lstm"])
 def test_the_update_probe_changes_nothing_in_training(policy_class, policy_kwargs, tmp_path):
     parameters, models = [], []
     for probe_envs in (0, 3):

@@ -7,6 +7,13 @@ policies alike, logged by ``CtmPPO`` as
   update continues the last and the policy sharpens steadily; near 0, the changes add up like a random walk's
   steps, so after n updates the policy is about sqrt(n) updates' changes from where it began rather than n.
 
+Per part of the policy (:mod:`ctm_rl.sb3.parts`), the same two measures of its parameters, which say where such
+a change comes from:
+
+- ``param_move/<part>``: the root mean square of the last update's change of the part's parameters;
+- ``param_coherence/<part>``: the cosine between the last two updates' changes of the part's parameters. A part
+  whose moves reverse from one update to the next has a coherence near 0 or below, however far it moves.
+
 The fixed states are the first ``n_envs`` envs' steps of the first rollout the diagnostic sees, replayed from
 that rollout's recurrent state with the current parameters after every update (the policy in evaluation mode,
 without gradients; nothing in training changes). The policy's outputs are its action logits centred per state
@@ -16,6 +23,7 @@ logits of binary actions, and the mean of continuous ones.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import NamedTuple
 
 import numpy as np
@@ -24,9 +32,11 @@ from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, Rec
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import nn
 from torch.distributions import Bernoulli, Categorical
 
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
+from ctm_rl.sb3.parts import parameter_part
 
 RolloutBuffer = RecurrentRolloutBuffer | RecurrentDictRolloutBuffer
 
@@ -129,3 +139,42 @@ class UpdateCoherence:
         finally:
             policy.set_training_mode(training)
         return policy_outputs(distribution)
+
+
+def part_vectors(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """Each part's trainable parameters, flattened into one detached copy, ``{part: (size,)}``; a parameter shared
+    between modules counts once."""
+    vectors: dict[str, list[torch.Tensor]] = defaultdict(list)
+    seen: set[int] = set()
+    for name, parameter in policy.named_parameters():
+        if parameter.requires_grad and id(parameter) not in seen:
+            seen.add(id(parameter))
+            vectors[parameter_part(name)].append(parameter.detach().flatten())
+    return {part: torch.cat(pieces).clone() for part, pieces in vectors.items()}
+
+
+class ParameterMoves:
+    """Measures each update's change of every part's parameters, and the cosine between consecutive changes (see
+    the module docstring). Keeps two copies of the parameters: those after the last update and its change."""
+
+    def __init__(self) -> None:
+        self.parameters: dict[str, torch.Tensor] | None = None
+        self.changes: dict[str, torch.Tensor] | None = None
+
+    def before_update(self, policy: nn.Module) -> None:
+        """Take the parameters before the first update; later calls do nothing, since the parameters after one
+        update are those before the next."""
+        if self.parameters is None:
+            self.parameters = part_vectors(policy)
+
+    def after_update(self, policy: nn.Module) -> dict[str, float]:
+        """``{"param_move/<part>"}`` for every part, with ``"param_coherence/<part>"`` from the second update on."""
+        parameters = part_vectors(policy)
+        changes = {part: parameters[part] - self.parameters[part] for part in parameters}
+        summary = {f"param_move/{part}": float(change.square().mean().sqrt()) for part, change in changes.items()}
+        if self.changes is not None:
+            summary.update({f"param_coherence/{part}": float(torch.nn.functional.cosine_similarity(
+                change, self.changes[part], dim=0)) for part, change in changes.items()})
+        self.parameters, self.changes = parameters, changes
+        return summary
+

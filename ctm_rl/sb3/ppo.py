@@ -19,7 +19,7 @@ from ctm_rl.envs.normalization import reward_statistics
 from ctm_rl.interrupts import signals_held
 from ctm_rl.sb3.adaptive_lr import DEFAULT_BOUNDS, KlAdaptiveRate, check_adaptive_rate
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
-from ctm_rl.sb3.coherence import UpdateCoherence
+from ctm_rl.sb3.coherence import ParameterMoves, UpdateCoherence
 from ctm_rl.sb3.diagnostics import GradientNorms
 from ctm_rl.sb3.policy import CtmPolicy
 
@@ -52,6 +52,7 @@ class CtmPPO(RecurrentPPO):
 
     def train(self) -> None:
         self.update_coherence.before_update(self.rollout_buffer, self.policy)
+        self.parameter_moves.before_update(self.policy)
         norms = GradientNorms(self.policy, self.policy.optimizer, self.logger.record_mean)
         try:
             super().train()
@@ -59,6 +60,8 @@ class CtmPPO(RecurrentPPO):
             norms.remove()
         for key, value in self.update_coherence.after_update(self.policy).items():
             self.logger.record(f"train/{key}", value)
+        for key, value in self.parameter_moves.after_update(self.policy).items():
+            self.logger.record(key, value)
         if self.adaptive_rate is not None:
             approx_kl = float(self.logger.name_to_value.get("train/approx_kl", float("nan")))
             self.lr_kl_scale = self.adaptive_rate.next_scale(self.lr_kl_scale, approx_kl)
@@ -88,12 +91,14 @@ class CtmPPO(RecurrentPPO):
             super().save(path, exclude, include)
 
     def _excluded_save_params(self) -> list[str]:
-        # The probe is taken anew after a load and the rule rebuilt from lr_kl_target; neither is data to save.
-        return [*super()._excluded_save_params(), "update_coherence", "adaptive_rate"]
+        # The probe and the parameter copies are taken anew after a load and the rule rebuilt from lr_kl_target; none
+        # is data to save.
+        return [*super()._excluded_save_params(), "update_coherence", "parameter_moves", "adaptive_rate"]
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self.update_coherence = UpdateCoherence(self.update_probe_envs)
+        self.parameter_moves = ParameterMoves()
         self.adaptive_rate = (None if self.lr_kl_target is None
                               else KlAdaptiveRate(self.lr_kl_target, *self.lr_kl_bounds))
         if isinstance(self.policy, CtmPolicy):
