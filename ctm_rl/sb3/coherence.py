@@ -177,4 +177,3 @@ class ParameterMoves:
                 change, self.changes[part], dim=0)) for part, change in changes.items()})
         self.parameters, self.changes = parameters, changes
         return summary
-
