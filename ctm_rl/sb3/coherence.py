@@ -23,7 +23,6 @@ logits of binary actions, and the mean of continuous ones.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import NamedTuple
 
 import numpy as np
@@ -36,7 +35,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical
 
 from ctm_rl.sb3.buffers import CtmDictRolloutBuffer, CtmRolloutBuffer
-from ctm_rl.sb3.parts import parameter_part
+from ctm_rl.sb3.parts import trainable_parameters_by_part
 
 RolloutBuffer = RecurrentRolloutBuffer | RecurrentDictRolloutBuffer
 
@@ -144,13 +143,8 @@ class UpdateCoherence:
 def part_vectors(policy: nn.Module) -> dict[str, torch.Tensor]:
     """Each part's trainable parameters, flattened into one detached copy, ``{part: (size,)}``; a parameter shared
     between modules counts once."""
-    vectors: dict[str, list[torch.Tensor]] = defaultdict(list)
-    seen: set[int] = set()
-    for name, parameter in policy.named_parameters():
-        if parameter.requires_grad and id(parameter) not in seen:
-            seen.add(id(parameter))
-            vectors[parameter_part(name)].append(parameter.detach().flatten())
-    return {part: torch.cat(pieces).clone() for part, pieces in vectors.items()}
+    return {part: torch.cat([parameter.detach().flatten() for parameter in parameters])  # cat copies
+            for part, parameters in trainable_parameters_by_part(policy).items()}
 
 
 class ParameterMoves:

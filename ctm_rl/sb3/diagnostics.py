@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ctm_rl.sb3.parts import parameter_part
+from ctm_rl.sb3.parts import trainable_parameters_by_part
 
 
 class GradientNorms:
@@ -41,15 +41,12 @@ class GradientNorms:
                  record_mean: Callable[[str, float], Any]) -> None:
         self.record_mean = record_mean
         self.squares: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        self.sizes: dict[str, int] = defaultdict(int)
+        self.sizes: dict[str, int] = {}
         self.handles = [optimizer.register_step_pre_hook(self._flush)]
-        seen: set[int] = set()
-        for name, parameter in policy.named_parameters():
-            if parameter.requires_grad and id(parameter) not in seen:
-                seen.add(id(parameter))
-                part = parameter_part(name)
-                self.sizes[part] += parameter.numel()
-                self.handles.append(parameter.register_post_accumulate_grad_hook(self._accumulator(part)))
+        for part, parameters in trainable_parameters_by_part(policy).items():
+            self.sizes[part] = sum(parameter.numel() for parameter in parameters)
+            self.handles.extend(parameter.register_post_accumulate_grad_hook(self._accumulator(part))
+                                for parameter in parameters)
 
     def _accumulator(self, part: str) -> Callable[[torch.Tensor], None]:
         def accumulate(parameter: torch.Tensor) -> None:

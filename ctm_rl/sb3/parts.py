@@ -57,6 +57,16 @@ def parameter_part(name: str) -> str:
     return name.split(".")[0]
 
 
+def trainable_parameters_by_part(module: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """A module's trainable parameters grouped by :func:`parameter_part`, each in ``named_parameters`` order; a
+    parameter shared between submodules counts once (``named_parameters`` gives it once)."""
+    parts: dict[str, list[nn.Parameter]] = defaultdict(list)
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            parts[parameter_part(name)].append(parameter)
+    return dict(parts)
+
+
 def lr_scale(name: str, lr_scales: Mapping[str, float]) -> float:
     """The learning-rate multiple of the parameter called ``name``: its finer group's if ``lr_scales`` names one,
     else its part's, else 1."""
