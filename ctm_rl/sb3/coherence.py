@@ -120,9 +120,7 @@ class UpdateCoherence:
             return {}
         outputs = self._outputs(policy)
         change = (outputs - self.outputs).flatten()
-        summary = {"update_change": float(change.square().mean().sqrt())}
-        if self.change is not None:
-            summary["update_coherence"] = float(torch.nn.functional.cosine_similarity(change, self.change, dim=0))
+        summary = change_measures(change, self.change, "update_change", "update_coherence")
         self.outputs, self.change = outputs, change
         return summary
 
@@ -138,6 +136,16 @@ class UpdateCoherence:
         finally:
             policy.set_training_mode(training)
         return policy_outputs(distribution)
+
+
+def change_measures(change: torch.Tensor, previous: torch.Tensor | None, move_key: str,
+                    coherence_key: str) -> dict[str, float]:
+    """``{move_key: RMS of change}``, with ``{coherence_key: cosine between change and previous}`` when there is a
+    previous change; both changes flat and of one size."""
+    measures = {move_key: float(change.square().mean().sqrt())}
+    if previous is not None:
+        measures[coherence_key] = float(torch.nn.functional.cosine_similarity(change, previous, dim=0))
+    return measures
 
 
 def part_vectors(policy: nn.Module) -> dict[str, torch.Tensor]:
@@ -165,9 +173,9 @@ class ParameterMoves:
         """``{"param_move/<part>"}`` for every part, with ``"param_coherence/<part>"`` from the second update on."""
         parameters = part_vectors(policy)
         changes = {part: parameters[part] - self.parameters[part] for part in parameters}
-        summary = {f"param_move/{part}": float(change.square().mean().sqrt()) for part, change in changes.items()}
-        if self.changes is not None:
-            summary.update({f"param_coherence/{part}": float(torch.nn.functional.cosine_similarity(
-                change, self.changes[part], dim=0)) for part, change in changes.items()})
+        summary = {}
+        for part, change in changes.items():
+            summary.update(change_measures(change, None if self.changes is None else self.changes[part],
+                                           f"param_move/{part}", f"param_coherence/{part}"))
         self.parameters, self.changes = parameters, changes
         return summary
