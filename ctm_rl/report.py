@@ -5,8 +5,8 @@ Written into the comparison folder:
 
 - ``curves.csv``: one row per (agent, seed, evaluation): step, mean/std return, mean episode length,
   wall time, training time and env steps per second up to that evaluation;
-- ``runs.csv``: one row per run: final and best return, steps to threshold, parameters, steps per second, and
-  the steps a run was continued from after an interruption;
+- ``runs.csv``: one row per run: final and best return, steps to threshold and the lowest evaluation after it,
+  parameters, steps per second, and the steps a run was continued from after an interruption;
 - ``params.csv``: trainable parameters per agent;
 - ``summary.md``: the table per agent, the plots and how the numbers were made;
 - ``curves_steps.png``, ``curves_wall.png``: IQM return across runs with 95% bootstrap bands, against env
@@ -58,6 +58,9 @@ class AgentSummary:
     """P(this agent > the baseline); ``None`` for the baseline itself."""
     steps_per_second: list[float]
     sooner: stats.Estimate | None = None
+    """P(this agent reaches the threshold in fewer steps than the baseline); ``None`` for the baseline itself."""
+    lowest_after_threshold: list[float] | None = None
+    """Per run, the lowest evaluation from its first one at the threshold on; NaN where it never reached it."""
     """P(a run of this agent reaches the threshold in fewer steps than a run of the baseline); ``None`` for the
     baseline itself, or without a threshold."""
 
@@ -140,7 +143,8 @@ def summarise(config: CompareConfig, runs: dict[str, list[dict[str, Any]]]) -> l
             mean=stats.interval_estimate(scores, stats.mean, BOOTSTRAP_REPS),
             median=stats.interval_estimate(scores, stats.median, BOOTSTRAP_REPS),
             steps_to_threshold=to_threshold, improvement=improvement,
-            steps_per_second=[r["steps_per_second"] for r in results], sooner=sooner))
+            steps_per_second=[r["steps_per_second"] for r in results], sooner=sooner,
+            lowest_after_threshold=_lowest_after_reaching(results, threshold)))
     return summaries
 
 
@@ -150,6 +154,28 @@ def _steps_to_reach(results: list[dict[str, Any]], threshold: float | None) -> l
         return [math.nan] * len(results)
     return [stats.first_reaching(np.array(r["evaluations"]["step"]), np.array(r["evaluations"]["return_mean"]),
                                  threshold) for r in results]
+
+
+def _lowest_after_reaching(results: list[dict[str, Any]], threshold: float | None) -> list[float]:
+    """Each run's lowest evaluation from its first one at or above ``threshold`` on; NaN where none is."""
+    if threshold is None:
+        return [math.nan] * len(results)
+    return [stats.lowest_after_reaching(np.array(r["evaluations"]["return_mean"]), threshold) for r in results]
+
+
+def _held_lines(summaries: list[AgentSummary], threshold: float) -> list[str]:
+    """How the agents' runs held the threshold after first reaching it: solved policies can fall back, and a final
+    evaluation alone does not show whether a run was caught in a dip."""
+    parts = []
+    for s in summaries:
+        lowest = np.array([value for value in s.lowest_after_threshold or [] if not math.isnan(value)])
+        if lowest.size:
+            parts.append(f"{s.agent} {int((lowest < threshold).sum())} of {lowest.size} (lowest later evaluation: "
+                         f"median {np.median(lowest):.3g}, min {lowest.min():.3g})")
+    if not parts:
+        return []
+    return ["", f"Runs that fell below {threshold:g} at a later evaluation after first reaching it, of those that "
+                f"reached it: {'; '.join(parts)}."]
 
 
 # --- CSV ----------------------------------------------------------------------------------------------------------
@@ -183,10 +209,12 @@ def run_rows(runs: dict[str, list[dict[str, Any]]], summaries: list[AgentSummary
     """One row per run; steps to threshold come from the agents' summaries (same agents, same run order)."""
     rows = []
     for (agent, results), summary in zip(runs.items(), summaries):
-        for run, reached in zip(results, summary.steps_to_threshold):
+        lowest_values = summary.lowest_after_threshold or [math.nan] * len(results)
+        for run, reached, lowest in zip(results, summary.steps_to_threshold, lowest_values):
             e = run["evaluations"]
             rows.append({"agent": agent, "seed": run["seed"], "final_return": e["return_mean"][-1],
                          "best_return": max(e["return_mean"]), "steps_to_threshold": "" if math.isnan(reached) else int(reached),
+                         "lowest_after_threshold": "" if math.isnan(lowest) else lowest,
                          "parameters": run["parameters"], "steps_per_second": round(run["steps_per_second"], 1),
                          "wall_time_s": round(run["wall_time_s"], 1), "timesteps": run["timesteps"],
                          "resumed_at": " ".join(str(steps) for steps in run.get("resumed_at", []))})
@@ -451,6 +479,9 @@ def summary_markdown(config: CompareConfig, runs: dict[str, list[dict[str, Any]]
     if sooner:
         lines += ["", f"P(a run reaches {threshold:g} in fewer steps than a run of {baseline}), runs that never reach "
                   f"it counting as never and ties as half, with its bootstrap interval: {'; '.join(sooner)}."]
+    if threshold is not None and not config.stop_at_threshold:
+        # A screen's runs end at their first evaluation at the threshold, so they have nothing to fall back from.
+        lines += _held_lines(summaries, threshold)
     lines += ["", "Settings per agent (preset with overrides, as trained):", "",
               "| agent | rollout and algorithm | policy |", "|---|---|---|"]
     for agent, results in runs.items():

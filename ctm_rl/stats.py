@@ -117,6 +117,14 @@ def first_reaching(steps: np.ndarray, values: np.ndarray, threshold: float) -> f
     return float(steps[reached[0]]) if reached.size else float("nan")
 
 
+def lowest_after_reaching(values: np.ndarray, threshold: float) -> float:
+    """The lowest value from the first one at least ``threshold`` on: how far a run fell after it first reached
+    the threshold (at least ``threshold`` if it held there); NaN if it never reached it."""
+    values = np.asarray(values, dtype=float)
+    reached = np.flatnonzero(values >= threshold)
+    return float(values[reached[0]:].min()) if reached.size else float("nan")
+
+
 def never_as_inf(steps: np.ndarray) -> np.ndarray:
     """Steps to a threshold with the runs that never reached it (NaN) as ``inf``, so that they order last."""
     values = np.asarray(steps, dtype=float)

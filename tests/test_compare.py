@@ -599,3 +599,25 @@ def test_probability_of_reaching_the_threshold_sooner_than_the_baseline(agent_st
     text = report.summary_markdown(config, runs, list(summaries.values()))
     assert f"fewer steps than a run of lstm), runs that never reach it counting as never and ties as half, with its " \
            f"bootstrap interval: ctm {expected:.3g} [" in text
+
+
+def _record_of(returns, seed=0):
+    """A finished run's record with these evaluation returns, 100 steps apart."""
+    record = _record(None)
+    record["evaluations"]["return_mean"] = returns
+    return record | {"seed": seed, "wall_time_s": 1.0, "timesteps": 400}
+
+
+@pytest.mark.parametrize("stop_at_threshold", [False, True])
+def test_the_summary_and_runs_table_say_how_far_runs_fell_after_reaching_the_threshold(stop_at_threshold):
+    config = CompareConfig(agents=["ctm", "lstm"], seeds=[0, 1, 2], threshold=1.0, stop_at_threshold=stop_at_threshold)
+    runs = {"ctm": [_record_of([0.0, 1.0, 0.3, 1.0], 0), _record_of([0.0, 0.0, 1.0, 1.0], 1), _record_of([0.0] * 4, 2)],
+            "lstm": [_record_of([1.0, 0.8, 0.9, 0.0], seed) for seed in range(3)]}
+    summaries = report.summarise(config, runs)
+    rows = report.run_rows(runs, summaries)
+    assert [row["lowest_after_threshold"] for row in rows] == [0.3, 1.0, "", 0.0, 0.0, 0.0]
+    text = report.summary_markdown(config, runs, summaries)
+    line = ("Runs that fell below 1 at a later evaluation after first reaching it, of those that reached it: ctm 1 of "
+            "2 (lowest later evaluation: median 0.65, min 0.3); lstm 3 of 3 (lowest later evaluation: median 0, min 0).")
+    # A screen stops each run at its first evaluation at the threshold: nothing to fall back from, no line.
+    assert (line in text) is not stop_at_threshold

@@ -98,6 +98,13 @@ def test_first_reaching():
     assert np.isnan(stats.first_reaching(steps, np.array([1, 2, 3, 4]), 5))
 
 
+def test_lowest_after_reaching_ignores_what_came_before_the_first_reach():
+    assert stats.lowest_after_reaching(np.array([0, 5, 3, 9]), 5) == 3
+    assert stats.lowest_after_reaching(np.array([0, 5, 7, 9]), 5) == 5      # held
+    assert stats.lowest_after_reaching(np.array([-300, -90, -120]), -100) == -120
+    assert np.isnan(stats.lowest_after_reaching(np.array([1, 2, 3, 4]), 5))
+
+
 def test_time_to_threshold_counts_runs_that_never_reached_it_as_never():
     nan = float("nan")
     assert stats.time_to_threshold_estimate(np.array([30.0, nan, 10.0])).value == 30.0
