@@ -58,11 +58,10 @@ class AgentSummary:
     """P(this agent > the baseline); ``None`` for the baseline itself."""
     steps_per_second: list[float]
     sooner: stats.Estimate | None = None
-    """P(this agent reaches the threshold in fewer steps than the baseline); ``None`` for the baseline itself."""
-    lowest_after_threshold: list[float] | None = None
-    """Per run, the lowest evaluation from its first one at the threshold on; NaN where it never reached it."""
     """P(a run of this agent reaches the threshold in fewer steps than a run of the baseline); ``None`` for the
     baseline itself, or without a threshold."""
+    lowest_after_threshold: list[float] | None = None
+    """Per run, the lowest evaluation from its first one at the threshold on; NaN where it never reached it."""
 
 
 def load_comparison(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, Any]]]]:
