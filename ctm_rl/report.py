@@ -54,14 +54,14 @@ class AgentSummary:
     median: stats.Estimate
     steps_to_threshold: list[float]
     """Per run; NaN where the threshold was never reached."""
+    lowest_after_threshold: list[float]
+    """Per run, the lowest evaluation from its first one at the threshold on; NaN where it never reached it."""
     improvement: stats.Estimate | None
     """P(this agent > the baseline); ``None`` for the baseline itself."""
     steps_per_second: list[float]
     sooner: stats.Estimate | None = None
     """P(a run of this agent reaches the threshold in fewer steps than a run of the baseline); ``None`` for the
     baseline itself, or without a threshold."""
-    lowest_after_threshold: list[float] | None = None
-    """Per run, the lowest evaluation from its first one at the threshold on; NaN where it never reached it."""
 
 
 def load_comparison(out: Path) -> tuple[CompareConfig, dict[str, list[dict[str, Any]]]]:
@@ -141,9 +141,8 @@ def summarise(config: CompareConfig, runs: dict[str, list[dict[str, Any]]]) -> l
             iqm=stats.interval_estimate(scores, stats.iqm, BOOTSTRAP_REPS),
             mean=stats.interval_estimate(scores, stats.mean, BOOTSTRAP_REPS),
             median=stats.interval_estimate(scores, stats.median, BOOTSTRAP_REPS),
-            steps_to_threshold=to_threshold, improvement=improvement,
-            steps_per_second=[r["steps_per_second"] for r in results], sooner=sooner,
-            lowest_after_threshold=_lowest_after_reaching(results, threshold)))
+            steps_to_threshold=to_threshold, lowest_after_threshold=_lowest_after_reaching(results, threshold),
+            improvement=improvement, steps_per_second=[r["steps_per_second"] for r in results], sooner=sooner))
     return summaries
 
 
@@ -167,7 +166,7 @@ def _held_lines(summaries: list[AgentSummary], threshold: float) -> list[str]:
     evaluation alone does not show whether a run was caught in a dip."""
     parts = []
     for s in summaries:
-        lowest = np.array([value for value in s.lowest_after_threshold or [] if not math.isnan(value)])
+        lowest = np.array([value for value in s.lowest_after_threshold if not math.isnan(value)])
         if lowest.size:
             parts.append(f"{s.agent} {int((lowest < threshold).sum())} of {lowest.size} (lowest later evaluation: "
                          f"median {np.median(lowest):.3g}, min {lowest.min():.3g})")
@@ -208,8 +207,7 @@ def run_rows(runs: dict[str, list[dict[str, Any]]], summaries: list[AgentSummary
     """One row per run; steps to threshold come from the agents' summaries (same agents, same run order)."""
     rows = []
     for (agent, results), summary in zip(runs.items(), summaries):
-        lowest_values = summary.lowest_after_threshold or [math.nan] * len(results)
-        for run, reached, lowest in zip(results, summary.steps_to_threshold, lowest_values):
+        for run, reached, lowest in zip(results, summary.steps_to_threshold, summary.lowest_after_threshold):
             e = run["evaluations"]
             rows.append({"agent": agent, "seed": run["seed"], "final_return": e["return_mean"][-1],
                          "best_return": max(e["return_mean"]), "steps_to_threshold": "" if math.isnan(reached) else int(reached),
