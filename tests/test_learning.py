@@ -10,9 +10,14 @@ from ctm_rl.report import final_returns, load_comparison, summarise
 from ctm_rl.runs import CompareConfig
 
 
-def _finals(out, config: CompareConfig) -> dict[str, np.ndarray]:
+def _compare(out, config: CompareConfig) -> tuple[CompareConfig, dict[str, list[dict]]]:
+    """Train the comparison into ``out`` (two runs at a time) and load its config and finished runs."""
     run_comparison(config, out, workers=2)
-    _, runs = load_comparison(out)
+    return load_comparison(out)
+
+
+def _finals(out, config: CompareConfig) -> dict[str, np.ndarray]:
+    _, runs = _compare(out, config)
     return {agent: final_returns(results) for agent, results in runs.items()}
 
 
@@ -36,9 +41,8 @@ def test_ctm_reaches_0_9_on_doorkey_5x5_no_later_than_the_lstm(tmp_path):
     0.9, runs stopping there (a run that never reaches it counts as never)."""
     config = CompareConfig(env="MiniGrid-DoorKey-5x5", agents=["ctm", "lstm"], seeds=list(range(5)),
                            timesteps=300_000, threshold=0.9, stop_at_threshold=True)
-    run_comparison(config, tmp_path, workers=2)
-    loaded, runs = load_comparison(tmp_path)
-    steps = {summary.agent: stats.never_as_inf(summary.steps_to_threshold) for summary in summarise(loaded, runs)}
+    steps = {summary.agent: stats.never_as_inf(summary.steps_to_threshold)
+             for summary in summarise(*_compare(tmp_path, config))}
     assert np.median(steps["ctm"]) <= np.median(steps["lstm"]), steps
 
 
