@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from helpers import children, interrupt_training_at, live_group_members, rewrite
 
 from ctm_rl import compare, report
 from ctm_rl.compare import RunInterrupted
-from ctm_rl.runs import AgentSpec, CompareConfig
+from ctm_rl.config import resolve_config
+from ctm_rl.runs import AgentSpec, CompareConfig, read_comparison_config
 from ctm_rl.errors import ConfigError
 
 TINY = ["--env", "CartPole-NoVel", "--agents", "ctm", "lstm", "--seeds", "2", "--timesteps", "512",
@@ -621,3 +623,29 @@ def test_the_summary_and_runs_table_say_how_far_runs_fell_after_reaching_the_thr
             "2 (lowest later evaluation: median 0.65, min 0.3); lstm 3 of 3 (lowest later evaluation: median 0, min 0).")
     # A screen stops each run at its first evaluation at the threshold: nothing to fall back from, no line.
     assert (line in text) is not stop_at_threshold
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+# The results page's comparisons that train each agent for its preset's own budget (CartPole-NoVel's train 200k steps
+# where a plain `train` on CartPole takes 50k).
+AT_PRESET_BUDGET = ("MiniGrid-DoorKey-5x5", "MiniGrid-FourRooms")
+# What a run's record (result.json) keeps of its training settings.
+LEARNING_SETTINGS = ("policy", "n_envs", "max_steps", "normalize_reward", "algo", "policy_kwargs")
+
+
+@pytest.mark.parametrize("folder", sorted(path.name for path in RESULTS.iterdir() if path.is_dir()))
+def test_every_run_on_the_results_page_has_the_settings_its_agent_trains_with_today(folder):
+    """A preset changed after its results were measured (an LSTM matched to a CTM that has since changed size, a
+    budget that its learning-rate decay was not measured over) would leave the page describing another agent."""
+    config = read_comparison_config(RESULTS / folder)
+    today = {agent: train_config.to_dict() for agent, train_config in compare.agent_configs(config).items()}
+    for agent in config.agents:
+        spec = AgentSpec.parse(agent)
+        if folder in AT_PRESET_BUDGET and not spec.overrides:
+            assert resolve_config(config.env, spec.preset, {})[0].timesteps == config.timesteps
+        records = sorted((RESULTS / folder / "runs" / spec.dirname).glob("seed*/result.json"))
+        assert records, f"{folder} has no runs of {agent}"
+        expected = {key: today[agent][key] for key in LEARNING_SETTINGS}
+        for path in records:
+            recorded = json.loads(path.read_text())
+            assert {key: recorded[key] for key in LEARNING_SETTINGS} == expected, path
